@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="aurora",
+    version="0.1.0",
+    description="Distributed training framework for large audio models",
+    packages=find_packages(include=["aurora", "aurora.*", "data_prep", "tools", "tools.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # The accelerator image's versions: CPU CI and GPU runs execute the same library code.
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "numpy",
+        "webdataset>=1.0",
+        "omegaconf>=2.3",
+        "soundfile>=0.12",
+        "safetensors",
+        "tqdm",
+        "wandb",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "transformers>=4.45"],
+    },
+    entry_points={"console_scripts": ["aurora=aurora.cli:main"]},
+)
