@@ -1,0 +1,36 @@
+"""``aurora train CONFIG [key=value ...]`` (also ``python -m aurora``, under torchrun or not)."""
+
+import argparse
+import sys
+
+from aurora.config import ConfigError, load_config, peek_task
+
+
+def _train(args: argparse.Namespace) -> None:
+    from aurora.dist import init_distributed, shutdown
+    from aurora.tasks import get_task
+    from aurora.train.loop import Trainer
+
+    task_cls = get_task(peek_task(args.config))
+    cfg = load_config(task_cls.config_class, args.config, args.overrides)
+    env = init_distributed(cfg.dist)
+    try:
+        Trainer(cfg, task_cls, env).fit()
+    finally:
+        shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="aurora", description="Distributed training for audio models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a recipe from a YAML config")
+    train.add_argument("config", help="YAML file, e.g. configs/lm/tiny.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=20")
+    train.set_defaults(func=_train)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        # Bad input (config, shard paths, manifests): one clear line, no traceback.
+        print(f"aurora: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,128 @@
+"""The parts of a training config shared by every recipe.
+
+Each recipe (``aurora/tasks/<name>.py``) subclasses :class:`TrainConfig` and adds its own
+``model`` (and loss) sections. Fields carry a docstring each: it is the reference for users.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from omegaconf import MISSING
+
+from aurora.data.config import DataConfig
+
+
+class EngineName(str, Enum):
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class WandbMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+@dataclass
+class RunConfig:
+    dir: str = MISSING
+    """Run directory: resolved config, metrics, checkpoints and samples. Re-running with the
+    same directory resumes from its latest complete checkpoint."""
+    seed: int = 0
+    """Seed for model initialisation, data order and sampling (identical on every rank)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    """Optimizer steps to train for (the run is step-based; the data stream is infinite)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
+    clip_grad_value: Optional[float] = None
+    """Clamp every gradient element to [-v, v] before norm clipping; null disables it."""
+    clip_grad_norm: Optional[float] = 1.0
+    """Rescale gradients to at most this global L2 norm; null disables clipping (the norm is
+    still computed and logged)."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every N steps (and always at the last step)."""
+    log_every: int = 1
+    """Write a metrics line every N steps."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar on rank 0."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW betas."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to lr over this many steps."""
+    decay_steps: Optional[int] = None
+    """Length of the cosine decay that follows warm-up, in steps; null means
+    trainer.max_steps. Set it explicitly when a run is extended, so the schedule is stable."""
+    min_lr_ratio: float = 0.1
+    """The cosine ends at lr * min_lr_ratio and stays there."""
+
+
+@dataclass
+class EngineConfig:
+    name: EngineName = EngineName.ddp
+    """Data-parallel engine: ddp (replicated model) or fsdp (FSDP2 fully_shard per block)."""
+    bucket_cap_mb: float = 100.0
+    """DDP gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
+    25 MiB default is tuned for small models."""
+    reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after forward (ZeRO-3 style, less memory) or keep them
+    until backward (ZeRO-2 style, less communication)."""
+    precision: Precision = Precision.fp32
+    """Compute precision: fp32, or bf16 autocast (parameters and optimizer state stay fp32)."""
+
+
+@dataclass
+class DistConfig:
+    backend: Backend = Backend.auto
+    """Collective backend: auto picks nccl when CUDA is available, else gloo."""
+    timeout_s: int = 600
+    """Timeout of every collective, in seconds."""
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = False
+    """Also log metrics to Weights & Biases (metrics.jsonl is always written)."""
+    wandb_project: str = "aurora"
+    """wandb project name."""
+    wandb_mode: WandbMode = WandbMode.offline
+    """offline keeps everything in RUN/wandb for a later `wandb sync` (clusters without
+    internet lose nothing); online streams to the server."""
+
+
+@dataclass
+class TrainConfig:
+    task: str = MISSING
+    """Recipe to run: the name of a module in aurora/tasks (codec, lm)."""
+    run: RunConfig = field(default_factory=RunConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,56 @@
+"""Audio examples: decode a ``KEY.flac`` + ``KEY.json`` sample, crop or pad, and batch."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from aurora.data.members import caption, require_members
+from aurora.data.skips import DECODE_ERROR, EMPTY_AUDIO, BadSample
+
+
+class AudioExamples:
+    """Turns raw audio samples into fixed-length mono examples and batches of them."""
+
+    def __init__(self, sample_rate: int, segment_seconds: float):
+        self.sample_rate = sample_rate
+        self.segment = round(segment_seconds * sample_rate)
+
+    def decode(self, sample: dict, rng: np.random.Generator) -> dict:
+        """A ``{"audio": FloatTensor[S'], "text", "key"}`` example, S' <= segment."""
+        require_members(sample, "flac", "json")
+        text = caption(sample)
+        key = sample["__key__"]
+        try:
+            with sf.SoundFile(io.BytesIO(sample["flac"])) as f:
+                rate, frames = f.samplerate, f.frames
+                # Crop in the source rate, so only the segment is decoded and resampled.
+                want = min(frames, math.ceil(self.segment * rate / self.sample_rate))
+                if frames > want:
+                    f.seek(int(rng.integers(0, frames - want + 1)))
+                data = f.read(want, dtype="float32", always_2d=True)
+        except (RuntimeError, ValueError) as exn:
+            # LibsndfileError's str() names the in-memory file object; its error_string does not.
+            raise BadSample(DECODE_ERROR, f"{key}.flac: {getattr(exn, 'error_string', exn)}") from None
+        if frames == 0:
+            raise BadSample(EMPTY_AUDIO, f"{key}.flac has no samples")
+        if len(data) < want:
+            raise BadSample(DECODE_ERROR, f"{key}.flac: decoded {len(data)} of {want} frames (corrupt?)")
+        audio = torch.from_numpy(data.mean(axis=1))
+        if rate != self.sample_rate:
+            audio = AF.resample(audio, rate, self.sample_rate)[: self.segment]
+        return {"audio": audio, "text": text, "key": key}
+
+    def collate(self, examples: list[dict]) -> dict:
+        """``{"audio": [B, 1, S], "lengths": [B], "text", "keys"}``, zero-padded to S."""
+        audio = torch.zeros(len(examples), 1, self.segment)
+        lengths = torch.tensor([len(e["audio"]) for e in examples], dtype=torch.long)
+        for i, example in enumerate(examples):
+            audio[i, 0, : lengths[i]] = example["audio"]
+        return {"audio": audio, "lengths": lengths, "text": [e["text"] for e in examples],
+                "keys": [e["key"] for e in examples]}

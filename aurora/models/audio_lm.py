@@ -1,0 +1,193 @@
+"""A text-conditioned, multi-codebook audio language model on a Qwen2 backbone (MusicGen-style).
+
+One sequence per example: the caption as UTF-8 bytes, left-padded to a fixed length, then the
+audio codes in MusicGen's delay pattern, one position per delayed frame whose input is the
+sum of one embedding per codebook. n_q linear heads read each position and predict the next
+delayed frame; the last text position (SEP) predicts the first one.
+
+    text:   PAD .. PAD BOS c a p t i o n SEP | f0 f1 .. f(S-2)
+    target:                              f0  | f1 f2 .. f(S-1)
+
+The caption goes through the backbone's own `embed_tokens` (only its first 259 rows are
+used), so the backbone stays a plain Qwen2 that loads and exports pretrained weights as is.
+Left padding puts the audio at the same position for every caption. There is no padding mask:
+PAD is attended to like any other token, and being the same token everywhere, is learnt away.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aurora.models.delay_pattern import (
+    build_delay_pattern,
+    delay_pattern_mask,
+    revert_delay_pattern,
+)
+from aurora.models.transformer import KVCache, Qwen2Model, TransformerConfig, init_weights_
+
+PAD_ID = 256
+"""Text token filling the left of short captions."""
+BOS_ID = 257
+"""Text token opening a caption."""
+SEP_ID = 258
+"""Text token closing a caption; its position predicts the first audio frame."""
+TEXT_VOCAB_SIZE = 259
+"""256 byte values + PAD, BOS, SEP: the backbone's vocab_size must be at least this."""
+
+
+def encode_text(texts: list[str], max_len: int) -> torch.Tensor:
+    """LongTensor [B, max_len] of `PAD.. BOS utf-8 bytes SEP`, bytes cut to max_len - 2."""
+    if max_len < 2:
+        raise ValueError(f"max_len={max_len} leaves no room for BOS and SEP")
+    tokens = torch.full((len(texts), max_len), PAD_ID, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [BOS_ID, *text.encode("utf-8")[: max_len - 2], SEP_ID]
+        tokens[i, max_len - len(ids) :] = torch.tensor(ids)
+    return tokens
+
+
+@dataclass
+class AudioLMConfig:
+    """Shape of an AudioLM. Defaults: a tiny CPU model on the `tiny` backbone."""
+
+    n_q: int = 4
+    """Number of codebooks (residual quantizer levels) modelled in parallel."""
+    codebook_size: int = 1024
+    """Codes per codebook; the code `codebook_size` itself is the delay pattern's special token."""
+    max_text_len: int = 64
+    """Text tokens per caption (BOS + bytes + SEP); longer captions are truncated."""
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
+    """The Qwen2 decoder; its vocab_size must cover the 259 text tokens."""
+
+
+class AudioLM(nn.Module):
+    def __init__(self, config: AudioLMConfig):
+        super().__init__()
+        if config.backbone.vocab_size < TEXT_VOCAB_SIZE:
+            raise ValueError(
+                f"backbone.vocab_size={config.backbone.vocab_size} is smaller than the "
+                f"{TEXT_VOCAB_SIZE} text tokens (256 bytes + PAD, BOS, SEP) that go through "
+                "the backbone's embed_tokens"
+            )
+        self.config = config
+        self.special_token = config.codebook_size
+        hidden = config.backbone.hidden_size
+        self.backbone = Qwen2Model(config.backbone)
+        self.code_embeddings = nn.ModuleList(
+            nn.Embedding(config.codebook_size + 1, hidden) for _ in range(config.n_q)
+        )
+        self.heads = nn.ModuleList(
+            nn.Linear(hidden, config.codebook_size, bias=False) for _ in range(config.n_q)
+        )
+        init_weights_(self.code_embeddings)
+        init_weights_(self.heads)
+
+    def init_weights(self, std: float = 0.02) -> None:
+        init_weights_(self, std)
+
+    def shard_units(self) -> list[nn.Module]:
+        """The modules an FSDP engine wraps one by one: the backbone's decoder layers."""
+        return list(self.backbone.layers)
+
+    def embed_codes(self, delayed: torch.Tensor) -> torch.Tensor:
+        """delayed frames [B, n_q, S] -> [B, S, hidden], the sum of the codebooks' embeddings."""
+        return sum(emb(delayed[:, k]) for k, emb in enumerate(self.code_embeddings))
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, hidden] -> logits [B, n_q, S, codebook_size]."""
+        return torch.stack([head(hidden) for head in self.heads], dim=1)
+
+    def forward_delayed(self, text_tokens: torch.Tensor, delayed: torch.Tensor) -> torch.Tensor:
+        """Logits [B, n_q, S + 1, codebook_size] of delayed frames 0..S, given the text tokens
+        [B, L] and the delayed frames 0..S-1 [B, n_q, S] (S may be 0)."""
+        x = torch.cat([self.backbone.embed_tokens(text_tokens), self.embed_codes(delayed)], dim=1)
+        hidden = self.backbone(inputs_embeds=x)
+        return self.project(hidden[:, text_tokens.shape[1] - 1 :])
+
+    def forward(self, text_tokens: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """text_tokens [B, L], codes [B, n_q, T] -> logits [B, n_q, T + n_q - 1, codebook_size]
+        for every position of the delayed codes."""
+        delayed = build_delay_pattern(codes, self.special_token)
+        return self.forward_delayed(text_tokens, delayed[..., :-1])
+
+    def loss(
+        self, text_tokens: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`delayed_cross_entropy` of this model on codes whose frames >= code_lengths [B] are
+        padding. A training loop calls the (wrapped) module itself and the two functions below,
+        so that engine hooks on forward run; this method is the same computation, unwrapped."""
+        codes = mask_padding(codes, code_lengths, self.special_token)
+        return delayed_cross_entropy(self(text_tokens, codes), codes, code_lengths, self.special_token)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        text_tokens: torch.Tensor,
+        num_frames: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample codes [B, n_q, num_frames] for text_tokens [B, L], one delayed frame per step
+        with a KV cache. top_k=0 samples from the full distribution; top_k=1 (or temperature=0)
+        is greedy. Positions the delay pattern leaves empty get the special token, unsampled."""
+        K = self.config.n_q
+        steps = num_frames + K - 1
+        real = delay_pattern_mask(K, num_frames, text_tokens.device)  # [K, steps]
+        delayed = text_tokens.new_full((text_tokens.shape[0], K, steps), self.special_token)
+        cache = KVCache(len(self.backbone.layers))
+        x = self.backbone.embed_tokens(text_tokens)
+        for t in range(steps):
+            logits = self.project(self.backbone(inputs_embeds=x, kv_cache=cache)[:, -1:])[:, :, 0]
+            frame = sample(logits, temperature, top_k, generator)
+            delayed[:, :, t] = frame.masked_fill(~real[:, t], self.special_token)
+            x = self.embed_codes(delayed[:, :, t : t + 1])
+        return revert_delay_pattern(delayed)
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one index per row of logits [..., V]: greedy when top_k == 1 or temperature == 0,
+    else from softmax(logits / temperature) restricted to the top_k largest (0 = all)."""
+    if top_k == 1 or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1).flatten(0, -2)
+    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+
+
+def mask_padding(codes: torch.Tensor, code_lengths: torch.Tensor, special_token: int) -> torch.Tensor:
+    """codes [B, K, T] with the frames at or beyond code_lengths [B] set to special_token.
+
+    Codebook 0 of the first padding frames is an input when the delay pattern predicts the last
+    codebooks of the final real frames: it must be the special token, not whatever pads the batch.
+    """
+    valid = torch.arange(codes.shape[-1], device=codes.device) < code_lengths[:, None]
+    return codes.masked_fill(~valid[:, None], special_token)
+
+
+def delayed_cross_entropy(
+    logits: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor, special_token: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of logits [B, K, T + K - 1, V] (AudioLM.forward) against codes [B, K, T]
+    over the real codes of frames < code_lengths [B]: the mean over those positions per
+    codebook, then over codebooks (MusicGen). Metrics: `ce_q{k}` per codebook."""
+    B, K, T = codes.shape
+    valid = torch.arange(T, device=codes.device) < code_lengths[:, None]  # [B, T]
+    mask = build_delay_pattern(valid[:, None].expand(B, K, T).long(), 0).bool()
+    targets = build_delay_pattern(codes, special_token).masked_fill(~mask, -100)
+    ce = F.cross_entropy(
+        logits.float().flatten(0, 2), targets.flatten(), ignore_index=-100, reduction="none"
+    ).view(B, K, -1)
+    ce_per_q = ce.sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1)
+    metrics = {f"ce_q{k}": ce_per_q[k].detach() for k in range(K)}
+    return ce_per_q.mean(), metrics

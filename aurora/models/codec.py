@@ -1,0 +1,328 @@
+"""A small residual-vector-quantized (RVQ) audio codec: SEANet-style encoder, RVQ, mirrored decoder.
+
+The walking skeleton of the EnCodec / DAC family, without the GAN:
+
+    wav [B, 1, S] -> Encoder -> z [B, D, T] -> ResidualVectorQuantizer -> codes [B, n_q, T]
+                                                                       -> z_q [B, D, T] -> Decoder -> wav
+
+with T = S / hop_length and hop_length = prod(strides). Discriminators, Snake activations,
+factorized codes, quantizer dropout and dead-code re-initialisation come later: the activation
+has one seam (`_activation`) and each quantizer stage is its own module.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+INT16_CODES = 2**15
+"""Token shards store codes as int16, so a codebook may hold at most this many entries."""
+
+
+@dataclass
+class CodecConfig:
+    sample_rate: int = 16000
+    """Sample rate of the (mono) audio in Hz."""
+    channels: int = 16
+    """Width of the encoder's first conv; every downsampling block doubles it."""
+    strides: list[int] = field(default_factory=lambda: [2, 4, 5, 8])
+    """Downsampling factor of each encoder block (the decoder upsamples in reverse order)."""
+    residual_units: int = 1
+    """Dilated residual units per encoder/decoder block (dilations 1, 3, 9, ...)."""
+    latent_dim: int = 32
+    """Channels of the latent the quantizer sees, and the dimension of every codebook vector."""
+    n_q: int = 4
+    """Number of residual quantizer stages (codebooks)."""
+    codebook_size: int = 256
+    """Entries per codebook; codes lie in [0, codebook_size)."""
+
+    def __post_init__(self):
+        positive = ("sample_rate", "channels", "residual_units", "latent_dim", "n_q")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"CodecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.strides:
+            raise ValueError("CodecConfig.strides must name at least one downsampling block")
+        if any(s < 2 for s in self.strides):
+            raise ValueError(f"CodecConfig.strides must all be >= 2, got {self.strides}")
+        if not 2 <= self.codebook_size <= INT16_CODES:
+            raise ValueError(
+                f"CodecConfig.codebook_size must be in [2, {INT16_CODES}] (codes are stored as int16), "
+                f"got {self.codebook_size}"
+            )
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame."""
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames (and code columns) per second."""
+        return self.sample_rate / self.hop_length
+
+
+def _conv(*args, **kwargs) -> nn.Module:
+    return weight_norm(nn.Conv1d(*args, **kwargs))
+
+
+def _conv_transpose(*args, **kwargs) -> nn.Module:
+    return weight_norm(nn.ConvTranspose1d(*args, **kwargs))
+
+
+def _activation(channels: int) -> nn.Module:
+    # The one place the nonlinearity is chosen; Snake, which is per-channel, will replace ELU here.
+    return nn.ELU()
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, dim: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _activation(dim),
+            _conv(dim, dim, kernel_size=7, dilation=dilation, padding=3 * dilation),
+            _activation(dim),
+            _conv(dim, dim, kernel_size=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.block(x)
+
+
+def _residual_units(dim: int, n: int) -> list[nn.Module]:
+    return [ResidualUnit(dim, dilation=3**i) for i in range(n)]
+
+
+# Kernel 2*stride with padding ceil(stride/2) (and output_padding stride % 2 when upsampling)
+# maps length L to exactly L / stride and back to exactly L * stride, for every stride >= 2.
+
+
+class EncoderBlock(nn.Module):
+    """Residual units at `dim`, then a strided conv to 2 * dim channels and 1/stride the length."""
+
+    def __init__(self, dim: int, stride: int, residual_units: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            *_residual_units(dim, residual_units),
+            _activation(dim),
+            _conv(dim, 2 * dim, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class DecoderBlock(nn.Module):
+    """A transposed conv to dim // 2 channels and stride times the length, then residual units."""
+
+    def __init__(self, dim: int, stride: int, residual_units: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _activation(dim),
+            _conv_transpose(
+                dim,
+                dim // 2,
+                kernel_size=2 * stride,
+                stride=stride,
+                padding=math.ceil(stride / 2),
+                output_padding=stride % 2,
+            ),
+            *_residual_units(dim // 2, residual_units),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class Encoder(nn.Module):
+    """wav [B, 1, T * hop] -> latent [B, latent_dim, T]. The length must be a multiple of hop."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.stem = _conv(1, cfg.channels, kernel_size=7, padding=3)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(cfg.channels * 2**i, stride, cfg.residual_units) for i, stride in enumerate(cfg.strides)
+        )
+        width = cfg.channels * 2 ** len(cfg.strides)
+        self.head = nn.Sequential(_activation(width), _conv(width, cfg.latent_dim, kernel_size=3, padding=1))
+
+    def forward(self, wav: Tensor) -> Tensor:
+        x = self.stem(wav)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class Decoder(nn.Module):
+    """latent [B, latent_dim, T] -> wav [B, 1, T * hop], mirroring the Encoder."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        width = cfg.channels * 2 ** len(cfg.strides)
+        self.stem = _conv(cfg.latent_dim, width, kernel_size=7, padding=3)
+        self.blocks = nn.ModuleList(
+            DecoderBlock(width // 2**i, stride, cfg.residual_units) for i, stride in enumerate(reversed(cfg.strides))
+        )
+        self.head = nn.Sequential(_activation(cfg.channels), _conv(cfg.channels, 1, kernel_size=7, padding=3))
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.stem(z)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class QuantizerOutput(NamedTuple):
+    # A NamedTuple (not a dataclass) because it is a pytree: FSDP2 finds the tensors in a
+    # module's output to hook the backward pass, and cannot see inside a plain dataclass.
+    quantized: Tensor
+    """[B, D, T] quantized latent; in the forward pass it carries the straight-through gradient."""
+    codes: Tensor
+    """[B, T] (one codebook) or [B, n_q, T] (residual stack), long."""
+    commitment_loss: Tensor
+    """Scalar: mse(z, z_q.detach()), pulls the encoder towards its codes. Summed over stages."""
+    codebook_loss: Tensor
+    """Scalar: mse(z_q, z.detach()), pulls the codes towards the encoder. Summed over stages."""
+
+
+class VectorQuantizer(nn.Module):
+    """One codebook: nearest neighbour by L2 distance, straight-through gradient to the input."""
+
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__()
+        self.codebook = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[B, D, T] -> codes [B, T] of the nearest codebook vectors."""
+        b, d, t = x.shape
+        flat = x.transpose(1, 2).reshape(-1, d).float()
+        # Under autocast the matmul would run in bf16, whose rounding flips near-tied assignments.
+        with torch.autocast(x.device.type, enabled=False):
+            codebook = self.codebook.weight.float()
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)
+        return dist.argmin(1).view(b, t)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, T] -> codebook vectors [B, D, T]."""
+        return self.codebook(codes).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        codes = self.encode(x)
+        q = self.decode(codes)
+        return QuantizerOutput(
+            quantized=x + (q - x).detach(),
+            codes=codes,
+            commitment_loss=F.mse_loss(x, q.detach()),
+            codebook_loss=F.mse_loss(q, x.detach()),
+        )
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """n_q vector quantizers, each quantizing what the previous ones left over.
+
+    The losses are summed over stages (as in DAC), so a task's loss weights apply per stage.
+    """
+
+    def __init__(self, dim: int, n_q: int, codebook_size: int):
+        super().__init__()
+        self.quantizers = nn.ModuleList(VectorQuantizer(dim, codebook_size) for _ in range(n_q))
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        quantized = torch.zeros_like(z)
+        residual = z
+        codes, commitment_loss, codebook_loss = [], 0.0, 0.0
+        for vq in self.quantizers:
+            out = vq(residual)
+            # out.quantized has the value of the codebook vector and the gradient of `residual`,
+            # so the sum reaches z with an identity gradient (straight-through for the whole stack).
+            residual = residual - out.quantized
+            quantized = quantized + out.quantized
+            codes.append(out.codes)
+            commitment_loss = commitment_loss + out.commitment_loss
+            codebook_loss = codebook_loss + out.codebook_loss
+        return QuantizerOutput(quantized, torch.stack(codes, dim=1), commitment_loss, codebook_loss)
+
+    def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
+        """z [B, D, T] -> codes [B, n_q, T] from the first n_q stages (all by default)."""
+        n_q = len(self.quantizers) if n_q is None else n_q
+        if not 1 <= n_q <= len(self.quantizers):
+            raise ValueError(f"n_q must be in [1, {len(self.quantizers)}], got {n_q}")
+        residual, codes = z, []
+        for vq in self.quantizers[:n_q]:
+            codes.append(vq.encode(residual))
+            residual = residual - vq.decode(codes[-1])
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, k, T] -> z [B, D, T]: the sum of the first k stages' codebook vectors."""
+        if not 1 <= codes.shape[1] <= len(self.quantizers):
+            raise ValueError(f"codes must have 1 to {len(self.quantizers)} stages, got shape {tuple(codes.shape)}")
+        return sum(vq.decode(codes[:, i]) for i, vq in enumerate(self.quantizers[: codes.shape[1]]))
+
+
+def codebook_usage(codes: Tensor, codebook_size: int) -> Tensor:
+    """Perplexity of each stage's code distribution in codes [B, n_q, T] -> [n_q].
+
+    codebook_size when every entry is used equally often, 1 when a stage collapsed to one entry.
+    """
+    n_q = codes.shape[1]
+    per_stage = codes.transpose(0, 1).reshape(n_q, -1)
+    offsets = torch.arange(n_q, device=codes.device)[:, None] * codebook_size
+    counts = torch.bincount((per_stage + offsets).flatten(), minlength=n_q * codebook_size)
+    p = counts.view(n_q, codebook_size).float()
+    p = p / p.sum(1, keepdim=True)
+    return torch.exp(-torch.special.xlogy(p, p).sum(1))
+
+
+class CodecOutput(NamedTuple):
+    recon: Tensor
+    """[B, 1, S] reconstruction, the same length as the input."""
+    codes: Tensor
+    """[B, n_q, ceil(S / hop_length)] long."""
+    commitment_loss: Tensor
+    """Scalar, summed over quantizer stages."""
+    codebook_loss: Tensor
+    """Scalar, summed over quantizer stages."""
+
+
+class Codec(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
+        self.decoder = Decoder(cfg)
+
+    def _pad(self, wav: Tensor) -> Tensor:
+        """Right-pad [B, 1, S] with zeros to a whole number of frames."""
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected mono audio [B, 1, S], got shape {tuple(wav.shape)}")
+        return F.pad(wav, (0, -wav.shape[-1] % self.cfg.hop_length))
+
+    def forward(self, wav: Tensor) -> CodecOutput:
+        q = self.quantizer(self.encoder(self._pad(wav)))
+        recon = self.decoder(q.quantized)[..., : wav.shape[-1]]
+        return CodecOutput(recon, q.codes, q.commitment_loss, q.codebook_loss)
+
+    def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
+        """wav [B, 1, S] -> codes [B, n_q, ceil(S / hop_length)] long."""
+        return self.quantizer.encode(self.encoder(self._pad(wav)), n_q)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, k, T] (k <= n_q) -> wav [B, 1, T * hop_length]."""
+        return self.decoder(self.quantizer.decode(codes))
+
+    def shard_units(self) -> list[nn.Module]:
+        """Submodules an FSDP engine wraps one by one: each codec stage (encoder blocks, the
+        quantizer, decoder blocks); the stems and heads stay with the root.
+
+        `encode`/`decode` call the quantizer's methods rather than its forward, so an engine that
+        runs them on a sharded codec must register those methods (FSDP2:
+        `register_fsdp_forward_method`).
+        """
+        return [*self.encoder.blocks, self.quantizer, *self.decoder.blocks]

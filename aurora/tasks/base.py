@@ -1,0 +1,46 @@
+"""What a recipe provides to the training loop.
+
+A recipe is one file in this package: it builds its model from config, says which blocks a
+sharding engine wraps, and turns a batch into a loss. The loop never imports a model.
+"""
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from aurora.config.schema import TrainConfig
+from aurora.dist import DistEnv
+
+
+class Task(ABC):
+    config_class: ClassVar[type[TrainConfig]]
+    """The recipe's config schema (TrainConfig plus its model/loss sections)."""
+    data_kind: ClassVar[str]
+    """Which shard kind the recipe reads: "audio" or "tokens"."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        self.cfg = cfg
+        self.env = env
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (on the CPU; the engine moves it)."""
+
+    @abstractmethod
+    def shard_units(self, model: nn.Module) -> list[nn.Module]:
+        """Blocks of ``model`` that a sharding engine wraps one by one."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss to minimise and detached metrics, for one micro-batch. ``model`` is the wrapped
+        module: call it (its forward), never its methods, so engine hooks run."""
+
+    def batch_items(self, batch: dict) -> dict[str, float]:
+        """Work counted for throughput, e.g. {"samples": B, "tokens": N}."""
+        return {"samples": float(len(batch["keys"]))}
+
+    def on_train_end(self, run_dir: Path) -> None:
+        """Called on rank 0 after the final checkpoint (e.g. write samples)."""

@@ -1,0 +1,193 @@
+"""The training loop: the same for every recipe and every engine.
+
+One optimizer step = ``grad_accum_steps`` micro-batches (gradients synchronised on the last
+only) → clip by value, then by norm → one all-reduce that tells every rank whether any rank
+saw a non-finite loss or gradient (then all skip the update together) → LR schedule →
+metrics → checkpoint.
+"""
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from aurora.config import TrainConfig, to_yaml
+from aurora.data import build_loader
+from aurora.dist import DistEnv, all_reduce_sum, barrier
+from aurora.engines import build_engine
+from aurora.tasks.base import Task
+from aurora.train.checkpoint import Checkpointer
+from aurora.train.faults import maybe_poison_loss
+from aurora.train.metrics import MetricsLogger
+from aurora.train.rng import rng_state, seed_everything, set_rng_state
+from aurora.train.schedule import build_scheduler
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW; matrices decay, vectors (norms, biases) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from: they will be logged again."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task_cls: type[Task], env: DistEnv):
+        self.cfg = cfg
+        self.env = env
+        self.run_dir = Path(cfg.run.dir)
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        barrier()
+
+        seed_everything(cfg.run.seed)  # the same initial weights on every rank
+        self.task = task_cls(cfg, env)
+        self.engine = build_engine(cfg.engine, env)
+        raw_model = self.task.build_model()
+        self.model = self.engine.wrap(raw_model, self.task.shard_units(raw_model))
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
+        self.checkpointer = Checkpointer(self.run_dir, env)
+        self.step = 0
+        self.skipped_steps = 0
+        self.skipped_samples: Counter = Counter()
+
+    # -- checkpoint state -------------------------------------------------------------------
+    def _app_state(self) -> dict:
+        model_state, optim_state = self.engine.state_dict(self.model, self.optimizer)
+        trainer_state = {"step": self.step, "skipped_steps": self.skipped_steps,
+                         "scheduler": self.scheduler.state_dict()}
+        return {"model": model_state, "optim": optim_state, "trainer": trainer_state}
+
+    def save(self) -> Path:
+        rank_state = {"rng": rng_state(), "data": self.loader.state_dict(),
+                      "skipped_samples": dict(self.skipped_samples)}
+        return self.checkpointer.save(self.step, self._app_state(), rank_state)
+
+    def resume(self, path: Path) -> None:
+        app_state = self._app_state()
+        rank_state = self.checkpointer.load(path, app_state)
+        self.engine.load_state_dict(self.model, self.optimizer, app_state["model"], app_state["optim"])
+        self.scheduler.load_state_dict(app_state["trainer"]["scheduler"])
+        self.step = app_state["trainer"]["step"]
+        self.skipped_steps = app_state["trainer"]["skipped_steps"]
+        self.skipped_samples = Counter(rank_state["skipped_samples"])
+        self.loader.load_state_dict(rank_state["data"])
+        set_rng_state(rank_state["rng"])
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def train_step(self, data_iter) -> dict[str, float]:
+        cfg = self.cfg.trainer
+        accum = cfg.grad_accum_steps
+        started = time.perf_counter()
+        data_wait = 0.0
+        loss_sum = torch.zeros((), device=self.env.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        items: Counter = Counter()
+        for micro in range(accum):
+            waited = time.perf_counter()
+            batch = next(data_iter)
+            data_wait += time.perf_counter() - waited
+            self.skipped_samples.update(batch.pop("skipped", {}))
+            items.update(self.task.batch_items(batch))
+            batch = _to_device(batch, self.env.device)
+            with self.engine.gradient_sync(self.model, enabled=micro == accum - 1), self.engine.autocast():
+                loss, metrics = self.task.loss(self.model, batch)
+                loss = maybe_poison_loss(loss, self.step + 1, self.env.rank)
+                self.engine.backward(loss / accum)
+            loss_sum += loss.detach().float()
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
+
+        grad_norm = self.engine.clip_gradients(self.model, cfg.clip_grad_value, cfg.clip_grad_norm)
+        # One collective for the skip decision and every logged number.
+        names = sorted(metric_sums)
+        item_names = sorted(items)
+        local = torch.stack(
+            [loss_sum / accum, (~torch.isfinite(loss_sum)).float()]
+            + [metric_sums[n] / accum for n in names]
+            + [torch.tensor(float(items[n]), device=self.env.device) for n in item_names]
+        )
+        summed = all_reduce_sum(local).tolist()
+        world = self.env.world_size
+        finite = summed[1] == 0 and torch.isfinite(grad_norm).item()
+        if finite:
+            self.engine.step(self.optimizer)
+        else:
+            self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+
+        elapsed = time.perf_counter() - started
+        out = {"loss": summed[0] / world, "lr": lr, "grad_norm": grad_norm.item(),
+               "step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps}
+        for i, name in enumerate(names):
+            out[name] = summed[2 + i] / world
+        for i, name in enumerate(item_names):
+            out[f"throughput/{name}_per_s"] = summed[2 + len(names) + i] / elapsed
+        return out
+
+    def _gather_skipped_samples(self) -> dict[str, float]:
+        per_rank = [None] * self.env.world_size
+        dist.all_gather_object(per_rank, dict(self.skipped_samples))
+        total: Counter = Counter()
+        for counts in per_rank:
+            total.update(counts)
+        return {f"data/skipped/{reason}": float(n) for reason, n in sorted(total.items())}
+
+    # -- the run ------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg = self.cfg.trainer
+        latest = self.checkpointer.latest()
+        if latest is not None:
+            self.resume(latest)
+            if self.env.is_main:
+                print(f"resumed from {latest} at step {self.step}", flush=True)
+                _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+                               self.env.is_main, self.step, cfg.max_steps, cfg.progress_bar)
+        data_iter = iter(self.loader)
+        last_saved = self.step if latest is not None else -1
+        try:
+            while self.step < cfg.max_steps:
+                metrics = self.train_step(data_iter)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    metrics.update(self._gather_skipped_samples())
+                    logger.log(self.step, metrics)
+                logger.advance()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+                    last_saved = self.step
+            if last_saved != self.step:
+                self.save()
+        finally:
+            logger.close()
+        barrier()
+        if self.env.is_main:
+            self.task.on_train_end(self.run_dir)
+            print(f"run directory: {self.run_dir}\n"
+                  f"  checkpoints: {self.checkpointer.dir} (latest: step {self.step})\n"
+                  f"  metrics:     {self.run_dir / 'metrics.jsonl'}", flush=True)
+        barrier()

@@ -1,0 +1,81 @@
+"""Run a few optimizer steps of a recipe on a fixed global batch, split over the ranks.
+
+    [torchrun --nproc-per-node N] train_steps.py CONFIG OUT.pt [key=value ...]
+
+Every run, whatever its world size, engine or accumulation, sees the same global batch per
+step: ``global_batch`` examples generated from a fixed seed, each rank taking its contiguous
+slice, cut into ``trainer.grad_accum_steps`` micro-batches. Rank 0 saves the per-step losses,
+the gradients of the first step and the final parameters (all as full tensors) to OUT.pt.
+"""
+
+import sys
+
+import torch
+
+from aurora.config import load_config, peek_task
+from aurora.dist import init_distributed, shutdown
+from aurora.tasks import get_task
+from aurora.train.loop import Trainer
+
+GLOBAL_BATCH = 8
+STEPS = 3
+
+
+def global_batches(kind: str, cfg, step: int) -> dict:
+    g = torch.Generator().manual_seed(1000 + step)
+    texts = [f"example {i} of step {step}" for i in range(GLOBAL_BATCH)]
+    keys = [f"k{step}_{i}" for i in range(GLOBAL_BATCH)]
+    if kind == "tokens":
+        frames = cfg.data.context_frames
+        codes = torch.randint(0, cfg.model.codebook_size, (GLOBAL_BATCH, cfg.model.n_q, frames), generator=g)
+        return {"codes": codes, "lengths": torch.full((GLOBAL_BATCH,), frames), "text": texts, "keys": keys}
+    samples = round(cfg.data.segment_seconds * cfg.data.sample_rate)
+    t = torch.arange(samples) / cfg.data.sample_rate
+    freqs = 200 + 600 * torch.rand(GLOBAL_BATCH, 1, 1, generator=g)
+    audio = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(GLOBAL_BATCH, 1, samples, generator=g)
+    return {"audio": audio, "lengths": torch.full((GLOBAL_BATCH,), samples), "text": texts, "keys": keys}
+
+
+def local_micro_batches(batch: dict, rank: int, world: int, accum: int) -> list[dict]:
+    per_rank = GLOBAL_BATCH // world
+    micro = per_rank // accum
+    out = []
+    for m in range(accum):
+        lo = rank * per_rank + m * micro
+        out.append({k: v[lo: lo + micro] for k, v in batch.items()})
+    return out
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone().cpu()
+
+
+def main() -> None:
+    config, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
+    task_cls = get_task(peek_task(config))
+    cfg = load_config(task_cls.config_class, config, overrides)
+    env = init_distributed(cfg.dist)
+    trainer = Trainer(cfg, task_cls, env)
+    first_grads = {}
+    real_step = trainer.engine.step
+
+    def recording_step(optimizer):
+        if not first_grads:
+            for name, p in trainer.model.named_parameters():
+                first_grads[name.removeprefix("module.")] = full(p.grad)
+        real_step(optimizer)
+
+    trainer.engine.step = recording_step
+    losses = []
+    for step in range(STEPS):
+        batch = global_batches(task_cls.data_kind, cfg, step)
+        micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
+        losses.append(trainer.train_step(iter(micro))["loss"])
+    params = {name.removeprefix("module."): full(p) for name, p in trainer.model.named_parameters()}
+    if env.is_main:
+        torch.save({"losses": losses, "grads": first_grads, "params": params}, out)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+
+from aurora.models.audio_lm import BOS_ID, PAD_ID, SEP_ID, AudioLM, AudioLMConfig, encode_text
+from aurora.models.delay_pattern import delay_pattern_mask, revert_delay_pattern
+from aurora.models.transformer import TransformerConfig
+
+CARD = 16
+K = 3
+
+
+def make_model(seed: int = 0) -> AudioLM:
+    torch.manual_seed(seed)
+    return AudioLM(AudioLMConfig(n_q=K, codebook_size=CARD, max_text_len=12))
+
+
+def batch(B: int = 2, T: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    text = encode_text(["a dog barks", "rain"][:B] + ["x"] * max(0, B - 2), 12)
+    return text, torch.randint(0, CARD, (B, K, T), generator=g)
+
+
+def test_encode_text_left_pads_and_truncates():
+    tokens = encode_text(["hi", "héllo wörld, long"], max_len=8)
+    assert tokens.tolist()[0] == [PAD_ID] * 4 + [BOS_ID, ord("h"), ord("i"), SEP_ID]
+    assert tokens.tolist()[1] == [BOS_ID, *"héllo wörld".encode()[:6], SEP_ID]
+    assert encode_text([""], 4).tolist() == [[PAD_ID, PAD_ID, BOS_ID, SEP_ID]]
+
+
+def test_backbone_vocab_must_cover_text_tokens():
+    with pytest.raises(ValueError, match="vocab_size"):
+        AudioLM(AudioLMConfig(backbone=TransformerConfig(vocab_size=256)))
+
+
+def test_shapes_and_shard_units():
+    model = make_model()
+    text, codes = batch(T=6)
+    assert model(text, codes).shape == (2, K, 6 + K - 1, CARD)
+    assert model.shard_units() == list(model.backbone.layers)
+
+
+def test_loss_equals_hand_computation():
+    model = make_model()
+    text, codes = batch(T=5)
+    lengths = torch.tensor([5, 2])
+    loss, metrics = model.loss(text, codes, lengths)
+
+    # loss() feeds the special token in place of padding frames.
+    fed = codes.clone()
+    fed[1, :, 2:] = CARD
+    with torch.no_grad():
+        log_probs = model(text, fed).log_softmax(-1)
+    per_q = []
+    for k in range(K):
+        total, count = 0.0, 0
+        for b in range(2):
+            for t in range(log_probs.shape[2]):
+                frame = t - k  # delayed step t holds codebook k of frame t - k
+                if 0 <= frame < lengths[b]:
+                    total -= log_probs[b, k, t, codes[b, k, frame]].item()
+                    count += 1
+        per_q.append(total / count)
+        assert metrics[f"ce_q{k}"].item() == pytest.approx(per_q[k], rel=1e-5)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(sum(per_q) / K, rel=1e-5)
+
+
+def test_padding_frames_do_not_change_the_loss():
+    model = make_model()
+    text, codes = batch(T=7)
+    lengths = torch.tensor([7, 3])
+    loss, metrics = model.loss(text, codes, lengths)
+    perturbed = codes.clone()
+    perturbed[1, :, 3:] = torch.randint(0, CARD, (K, 4))
+    loss2, metrics2 = model.loss(text, perturbed, lengths)
+    assert loss2.item() == loss.item()
+    assert {k: v.item() for k, v in metrics2.items()} == {k: v.item() for k, v in metrics.items()}
+    # The real frames do count.
+    perturbed[1, :, 2] = (perturbed[1, :, 2] + 1) % CARD
+    assert model.loss(text, perturbed, lengths)[0].item() != loss.item()
+
+
+def test_causality():
+    model = make_model()
+    text, codes = batch(T=8)
+    j = 4
+    changed = codes.clone()
+    changed[:, :, j] = (changed[:, :, j] + 1) % CARD
+    with torch.no_grad():
+        before, after = model(text, codes), model(text, changed)
+    # Delayed step t is predicted from steps < t; frame j first appears at step j.
+    torch.testing.assert_close(after[:, :, : j + 1], before[:, :, : j + 1], rtol=0, atol=0)
+    assert not torch.allclose(after[:, :, j + 1], before[:, :, j + 1])
+
+
+def test_overfits_one_example():
+    model = make_model()
+    text, codes = batch(B=1, T=8)
+    lengths = torch.tensor([8])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(100):
+        loss, _ = model.loss(text, codes, lengths)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(math.log(CARD), rel=0.1)
+    assert loss.item() < 0.1 * first
+
+
+def test_generate_shape_range_and_determinism():
+    model = make_model()
+    text, _ = batch()
+    out = model.generate(text, 7, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (2, K, 7) and out.dtype == torch.long
+    assert out.min() >= 0 and out.max() < CARD
+    again = model.generate(text, 7, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    full = model.generate(text, 7, generator=torch.Generator().manual_seed(2))
+    assert full.shape == (2, K, 7) and full.max() < CARD
+
+
+def test_cached_generation_equals_greedy_without_cache():
+    model = make_model()
+    text, _ = batch()
+    num_frames = 6
+    steps = num_frames + K - 1
+    real = delay_pattern_mask(K, num_frames)
+    delayed = torch.empty(2, K, 0, dtype=torch.long)
+    with torch.no_grad():
+        for t in range(steps):
+            frame = model.forward_delayed(text, delayed)[:, :, -1].argmax(-1)
+            frame[:, ~real[:, t]] = CARD
+            delayed = torch.cat([delayed, frame[..., None]], dim=2)
+    expected = revert_delay_pattern(delayed)
+    assert torch.equal(model.generate(text, num_frames, top_k=1), expected)

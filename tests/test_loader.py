@@ -1,0 +1,345 @@
+import itertools
+import json
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import webdataset as wds
+from omegaconf import OmegaConf
+
+from aurora.data import DataConfig, build_loader
+from aurora.data.audio import AudioExamples
+from aurora.data.manifest import write_manifest
+from data_prep import make_shards, synth
+
+NUM_CLIPS = 32
+PER_SHARD = 8
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    synth.main(["--out", str(out), "--num-clips", str(NUM_CLIPS), "--seed", "7",
+                "--min-seconds", "0.2", "--max-seconds", "0.6"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    make_shards.main(["--manifest", str(corpus / "metadata.jsonl"), "--out", str(out),
+                      "--samples-per-shard", str(PER_SHARD)])
+    return out
+
+
+def config(shards, **overrides):
+    values = dict(shards=str(shards), batch_size=4, num_workers=0, shuffle_buffer=8, sample_rate=16000,
+                  segment_seconds=0.5)
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def take(loader, n):
+    return list(itertools.islice(loader, n))
+
+
+def keys(batches):
+    return [key for batch in batches for key in batch["keys"]]
+
+
+def source_audio(corpus, key):
+    audio, _ = sf.read(corpus / "clips" / f"{key.split('__')[1]}.flac", dtype="float32")
+    return audio
+
+
+def shard_members(path):
+    """{key: {ext: bytes}} of a tar, in order."""
+    samples = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+# -- batches --------------------------------------------------------------------------------------
+def test_audio_batch_shapes_lengths_and_crops(corpus, shards):
+    batches = take(build_loader(config(shards), "audio", rank=0, world_size=1, seed=0), NUM_CLIPS // 4)
+    assert sorted(keys(batches)) == sorted(f"clips__{i:06d}" for i in range(NUM_CLIPS))
+    for batch in batches:
+        assert set(batch) == {"audio", "lengths", "text", "keys", "skipped"}
+        assert batch["audio"].shape == (4, 1, 8000) and batch["audio"].dtype == torch.float32
+        assert batch["lengths"].dtype == torch.long and batch["skipped"] == {}
+        assert all(isinstance(t, str) and t for t in batch["text"])
+        for i, key in enumerate(batch["keys"]):
+            source, n = source_audio(corpus, key), int(batch["lengths"][i])
+            assert n == min(len(source), 8000)
+            window = batch["audio"][i, 0, :n].numpy()
+            starts = [s for s in range(len(source) - n + 1) if np.array_equal(source[s: s + n], window)]
+            assert starts, f"{key}: the example is not a window of its clip"
+            assert not batch["audio"][i, 0, n:].any()
+
+
+def test_audio_is_resampled_to_the_configured_rate(corpus, shards):
+    batch = take(build_loader(config(shards, sample_rate=8000), "audio", 0, 1, seed=0), 1)[0]
+    assert batch["audio"].shape == (4, 1, 4000)
+    for i, key in enumerate(batch["keys"]):
+        assert int(batch["lengths"][i]) == min(4000, -(-len(source_audio(corpus, key)) // 2))
+
+
+def test_crops_depend_only_on_seed_epoch_and_key(shards):
+    by_key = {}
+    for workers, buffer in ((0, 8), (2, 3)):
+        loader = build_loader(config(shards, num_workers=workers, shuffle_buffer=buffer), "audio", 0, 1, seed=0)
+        for batch in take(loader, NUM_CLIPS // 4):
+            for key, audio in zip(batch["keys"], batch["audio"]):
+                by_key.setdefault(key, []).append(audio)
+    assert all(len(v) == 2 and torch.equal(v[0], v[1]) for v in by_key.values())
+
+
+# -- splitting across ranks and workers -------------------------------------------------------------
+@pytest.mark.parametrize("spec, samples", [("", NUM_CLIPS), ("/shard-{000000..000001}.tar", 2 * PER_SHARD)])
+def test_every_sample_once_per_epoch_across_ranks_and_workers(shards, spec, samples):
+    # 4 shards for 2 ranks x 2 workers: shard split; 2 shards: sample split.
+    batch_size = samples // 8
+    seen = []
+    for rank in range(2):
+        loader = build_loader(config(f"{shards}{spec}", batch_size=batch_size, num_workers=2), "audio", rank, 2, 0)
+        seen += keys(take(loader, 4))  # 4 readers x 2 batches x batch_size = one epoch
+    assert len(seen) == samples and len(set(seen)) == samples
+
+
+def test_no_rank_starves_with_fewer_shards_than_readers(shards):
+    one_shard = f"{shards}/shard-000000.tar"  # 8 samples for 3 ranks x 2 workers
+    for rank in range(3):
+        batches = take(build_loader(config(one_shard, batch_size=3, num_workers=2), "audio", rank, 3, 0), 4)
+        assert len(batches) == 4 and all(len(b["keys"]) == 3 for b in batches)
+
+
+# -- exact resume -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("taken, more", [(7, 6), (4, 9)])
+def test_resume_continues_the_uninterrupted_stream(shards, taken, more):
+    cfg = config(shards, num_workers=2)
+    reference = take(build_loader(cfg, "audio", 1, 2, seed=3), taken + more)
+
+    first = build_loader(cfg, "audio", 1, 2, seed=3)
+    take(first, taken)
+    state = json.loads(json.dumps(first.state_dict()))  # plain data, as a checkpoint stores it
+
+    resumed = build_loader(cfg, "audio", 1, 2, seed=3)
+    resumed.load_state_dict(state)
+    continued = take(resumed, more)
+    assert keys(continued) == keys(reference[taken:])
+    for got, want in zip(continued, reference[taken:]):
+        assert torch.equal(got["audio"], want["audio"]) and torch.equal(got["lengths"], want["lengths"])
+
+
+def test_resume_state_format(shards):
+    loader = build_loader(config(shards, num_workers=2), "audio", 0, 1, seed=3)
+    take(loader, 3)
+    assert loader.state_dict() == {
+        "version": 1, "kind": "audio", "seed": 3, "rank": 0, "world_size": 1, "num_workers": 2, "batches": 3,
+        "workers": [{"epoch": 0, "position": 8}, {"epoch": 0, "position": 4}]}
+
+
+def test_resume_replays_without_decoding(shards, monkeypatch):
+    loader = build_loader(config(shards), "audio", 0, 1, seed=0)
+    take(loader, 5)
+    resumed = build_loader(config(shards), "audio", 0, 1, seed=0)
+    resumed.load_state_dict(loader.state_dict())
+    calls = []
+    decode = AudioExamples.decode
+    monkeypatch.setattr(AudioExamples, "decode", lambda self, *a: calls.append(1) or decode(self, *a))
+    take(resumed, 1)
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(world_size=4), "world_size: saved 2, now 4"),
+    (dict(num_workers=1), "num_workers: saved 2, now 1"),
+    (dict(seed=9), "seed: saved 3, now 9"),
+])
+def test_resume_with_another_setup_is_a_clear_error(shards, change, message):
+    setup = dict(world_size=2, num_workers=2, seed=3)
+    loader = build_loader(config(shards, num_workers=2), "audio", 0, 2, 3)
+    take(loader, 1)
+    setup.update(change)
+    other = build_loader(config(shards, num_workers=setup["num_workers"]), "audio", 0, setup["world_size"],
+                         setup["seed"])
+    with pytest.raises(ValueError, match=message) as err:
+        other.load_state_dict(loader.state_dict())
+    assert "same seed, world size and data.num_workers" in str(err.value)
+
+
+# -- bad input --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_shards(shards, tmp_path_factory):
+    """shard-000000: 8 good samples, a corrupt FLAC and a malformed json; shard-000001 cut inside
+    its 4th sample; shard-000002 cut at a member boundary after 5 samples; shard-000003 intact."""
+    out = tmp_path_factory.mktemp("bad")
+    good = shard_members(shards / "shard-000000.tar")
+    a_json, a_flac = next(iter(good.values()))["json"], next(iter(good.values()))["flac"]
+    with wds.TarWriter(str(out / "shard-000000.tar")) as writer:
+        for key, members in good.items():
+            writer.write({"__key__": key, **members})
+        writer.write({"__key__": "bad_flac", "flac": b"fLaC\x00\x00\x00\x22garbage", "json": a_json})
+        writer.write({"__key__": "bad_json", "flac": a_flac, "json": b'{"text": "unterminated'})
+    for name, cut in (("shard-000001.tar", "inside"), ("shard-000002.tar", "boundary")):
+        data = (shards / name).read_bytes()
+        with tarfile.open(shards / name) as tar:
+            members = tar.getmembers()
+        end = members[7].offset_data + 100 if cut == "inside" else members[10].offset
+        (out / name).write_bytes(data[:end])
+    (out / "shard-000003.tar").write_bytes((shards / "shard-000003.tar").read_bytes())
+    counts = [10, PER_SHARD, PER_SHARD, PER_SHARD]
+    write_manifest(out, "audio", [{"name": f"shard-{i:06d}.tar", "samples": n, "seconds": 1.0}
+                                  for i, n in enumerate(counts)], 16000)
+    return out
+
+
+def test_bad_members_are_skipped_and_counted(bad_shards, caplog):
+    # Unshuffled, the two bad samples end every epoch: the next batch reports them.
+    cfg = config(f"{bad_shards}/shard-000000.tar", batch_size=1, shuffle_buffer=0)
+    with caplog.at_level(logging.WARNING):
+        batches = take(build_loader(cfg, "audio", 0, 1, seed=0), 2 * PER_SHARD + 1)
+    good = [k for k in shard_members(bad_shards / "shard-000000.tar") if not k.startswith("bad_")]
+    assert keys(batches[:PER_SHARD]) == good and keys(batches[PER_SHARD: 2 * PER_SHARD]) == good
+    reports = {i: b["skipped"] for i, b in enumerate(batches) if b["skipped"]}
+    assert reports == {PER_SHARD: {"decode_error": 1, "bad_json": 1}, 2 * PER_SHARD: {"decode_error": 1, "bad_json": 1}}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2  # once per shard and reason, not once per epoch
+    assert any("shard-000000.tar" in w and "decode_error" in w and "bad_flac" in w for w in warnings)
+    assert any("shard-000000.tar" in w and "bad_json" in w for w in warnings)
+
+
+def test_truncated_tars_are_counted_and_the_run_goes_on(bad_shards):
+    spec = f"{bad_shards}/shard-{{000001..000003}}.tar"
+    loader = build_loader(config(spec, batch_size=1, shuffle_buffer=0), "audio", 0, 1, seed=0)
+    readable = 3 + 5 + PER_SHARD
+    # Two epochs, plus the batch that reports what the end of the second one met (every shard
+    # starts with good samples, so the third epoch's problems come later).
+    batches = take(loader, 2 * readable + 1)
+    assert len(set(keys(batches))) == readable
+    totals = {}
+    for batch in batches:
+        for reason, n in batch["skipped"].items():
+            totals[reason] = totals.get(reason, 0) + n
+    # Per epoch: the cut member and the early end of shard 2 (read_error), and the lone .flac
+    # left of the cut sample (missing_member).
+    assert totals == {"read_error": 4, "missing_member": 2}
+
+
+def test_a_file_that_is_no_tar_is_a_read_error(bad_shards, tmp_path, caplog):
+    (tmp_path / "shard-000000.tar").write_bytes(b"\x00garbage" * 100)
+    (tmp_path / "shard-000001.tar").write_bytes((bad_shards / "shard-000003.tar").read_bytes())
+    loader = build_loader(config(f"{tmp_path}/shard-{{000000..000001}}.tar", batch_size=4), "audio", 0, 1, 0)
+    with caplog.at_level(logging.WARNING):
+        batches = take(loader, 6)  # three epochs
+    assert len(set(keys(batches))) == PER_SHARD
+    # Once per epoch, reported with the next batch: whether the third epoch's report falls
+    # inside these six batches depends on the shard order.
+    assert sum(b["skipped"].get("read_error", 0) for b in batches) in (2, 3)
+    assert [r.getMessage() for r in caplog.records if "shard-000000.tar: skipped" in r.getMessage()]
+
+
+def test_resume_is_exact_with_bad_samples(bad_shards):
+    cfg = config(bad_shards, batch_size=3, num_workers=2, shuffle_buffer=5)
+    reference = take(build_loader(cfg, "audio", 0, 1, seed=1), 16)
+    first = build_loader(cfg, "audio", 0, 1, seed=1)
+    take(first, 5)
+    resumed = build_loader(cfg, "audio", 0, 1, seed=1)
+    resumed.load_state_dict(first.state_dict())
+    continued = take(resumed, 11)
+    assert keys(continued) == keys(reference[5:])
+    assert [b["skipped"] for b in continued] == [b["skipped"] for b in reference[5:]]
+
+
+def test_unreadable_data_is_a_clear_error_not_a_hang(tmp_path):
+    (tmp_path / "shard-000000.tar").write_bytes(b"junk")
+    loader = build_loader(config(f"{tmp_path}/shard-000000.tar"), "audio", 0, 1, seed=0)
+    with pytest.raises(RuntimeError, match="got no usable sample in epoch 0 from 1 shard"):
+        take(loader, 1)
+
+
+def test_iterating_leaves_the_global_rng_alone(shards):
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        expected = torch.rand(3)
+        torch.manual_seed(0)
+        take(build_loader(config(shards, num_workers=workers), "audio", 0, 1, seed=0), 2)
+        assert torch.equal(torch.rand(3), expected)
+
+
+def test_structured_omegaconf_config(shards):
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"shards": str(shards), "batch_size": 2})
+    batch = take(build_loader(cfg.copy(), "audio", 0, 1, seed=0), 1)[0]
+    assert batch["audio"].shape == (2, 1, 16000)
+
+
+def test_config_errors(shards):
+    with pytest.raises(ValueError, match="data.shards is not set"):
+        build_loader(DataConfig(), "audio", 0, 1, 0)
+    with pytest.raises(ValueError, match="data.batch_size must be > 0"):
+        build_loader(config(shards, batch_size=0), "audio", 0, 1, 0)
+    with pytest.raises(ValueError, match="holds audio shards, but this task trains on tokens"):
+        build_loader(config(shards), "tokens", 0, 1, 0)
+    with pytest.raises(ValueError, match="rank 2 is outside world_size 2"):
+        build_loader(config(shards), "audio", 2, 2, 0)
+
+
+# -- tokens -----------------------------------------------------------------------------------------
+N_Q, CONTEXT = 4, 16
+
+
+@pytest.fixture(scope="module")
+def hand_token_shards(tmp_path_factory):
+    """2 shards x 5 samples of int16 codes [4, T], T in 3..40; plus one with n_q = 3."""
+    out = tmp_path_factory.mktemp("tokens")
+    rng = np.random.default_rng(0)
+    codes = {}
+    entries = []
+    for shard in range(2):
+        name = f"shard-{shard:06d}.tar"
+        with wds.TarWriter(str(out / name)) as writer:
+            for i in range(5):
+                key = f"utt{shard}_{i}"
+                codes[key] = rng.integers(0, 1024, size=(N_Q, int(rng.integers(3, 41))), dtype=np.int16)
+                writer.write({"__key__": key, "codes.npy": codes[key], "json": {"text": f"caption {key}"}})
+            if shard == 1:
+                writer.write({"__key__": "wrong_nq", "codes.npy": np.zeros((3, 20), np.int16), "json": {"text": ""}})
+        entries.append({"name": name, "samples": 5 + shard, "seconds": 1.0})
+    write_manifest(out, "tokens", entries, 16000, n_q=N_Q, codebook_size=1024, frame_rate=50.0, codec="test")
+    return out, codes
+
+
+def test_token_batches(hand_token_shards):
+    out, codes = hand_token_shards
+    cfg = config(out, batch_size=5, context_frames=CONTEXT)
+    batches = take(build_loader(cfg, "tokens", 0, 1, seed=0), 2)
+    assert sorted(keys(batches)) == sorted(codes)
+    assert sum(b["skipped"].get("decode_error", 0) for b in batches) == 1
+    for batch in batches:
+        assert set(batch) == {"codes", "lengths", "text", "keys", "skipped"}
+        assert batch["codes"].shape == (5, N_Q, CONTEXT) and batch["codes"].dtype == torch.long
+        for i, key in enumerate(batch["keys"]):
+            source, n = codes[key].astype(np.int64), int(batch["lengths"][i])
+            assert n == min(source.shape[1], CONTEXT) and batch["text"][i] == f"caption {key}"
+            window = batch["codes"][i, :, :n].numpy()
+            assert any(np.array_equal(source[:, s: s + n], window) for s in range(source.shape[1] - n + 1))
+            assert not batch["codes"][i, :, n:].any()
+
+
+def test_token_resume(hand_token_shards):
+    out, _ = hand_token_shards
+    cfg = config(out, batch_size=3, context_frames=CONTEXT, num_workers=2)
+    reference = take(build_loader(cfg, "tokens", 0, 1, seed=0), 9)
+    first = build_loader(cfg, "tokens", 0, 1, seed=0)
+    take(first, 5)
+    resumed = build_loader(cfg, "tokens", 0, 1, seed=0)
+    resumed.load_state_dict(first.state_dict())
+    continued = take(resumed, 4)
+    assert keys(continued) == keys(reference[5:])
+    assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(continued, reference[5:]))

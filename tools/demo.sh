@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole path on built-in demo data, on 2 CPU processes (or GPUs) under torchrun:
+# synthetic corpus -> audio shards -> codec -> token shards -> audio LM -> generated clips.
+# AURORA_DEMO_QUICK=1 runs a reduced size (used by the test suite).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${AURORA_DEMO_DIR:-demo}
+NPROC=${NPROC:-2}
+if [[ "${AURORA_DEMO_QUICK:-0}" == "1" ]]; then
+  CLIPS=48; CODEC_STEPS=20; LM_STEPS=20; CKPT=10
+else
+  CLIPS=256; CODEC_STEPS=600; LM_STEPS=600; CKPT=200
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+TORCHRUN=(torchrun --standalone --nproc-per-node "$NPROC")
+
+rm -rf "$OUT"
+echo "== 1/5 demo corpus ($CLIPS clips)"
+python -m data_prep.synth --out "$OUT/corpus" --num-clips "$CLIPS"
+echo "== 2/5 audio shards"
+python -m data_prep.make_shards --manifest "$OUT/corpus/metadata.jsonl" --out "$OUT/shards" --samples-per-shard 16
+echo "== 3/5 codec ($CODEC_STEPS steps, $NPROC processes)"
+"${TORCHRUN[@]}" -m aurora train configs/codec/tiny.yaml run.dir="$OUT/codec" data.shards="$OUT/shards" \
+  trainer.max_steps="$CODEC_STEPS" trainer.checkpoint_every="$CKPT" trainer.progress_bar=false
+echo "== 4/5 tokenize"
+"${TORCHRUN[@]}" -m data_prep.tokenize --shards "$OUT/shards" --codec "$OUT/codec" --out "$OUT/tokens"
+echo "== 5/5 audio LM ($LM_STEPS steps, $NPROC processes)"
+"${TORCHRUN[@]}" -m aurora train configs/lm/tiny.yaml run.dir="$OUT/lm" data.shards="$OUT/tokens" \
+  trainer.max_steps="$LM_STEPS" trainer.checkpoint_every="$CKPT" trainer.progress_bar=false
+echo "== done"
+echo "codec run:       $OUT/codec (metrics.jsonl, checkpoints/, samples/)"
+echo "token shards:    $OUT/tokens"
+echo "LM run:          $OUT/lm (metrics.jsonl, checkpoints/)"
+echo "generated clips: $(ls "$OUT"/lm/samples/*.flac | tr '\n' ' ')"
