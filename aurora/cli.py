@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from aurora.config import ConfigError, load_config, peek_task
+from aurora.data import DataError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         # Bad input (config, shard paths, manifests): one clear line, no traceback.
         print(f"aurora: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -133,7 +133,7 @@ def write_shards(samples: Iterable[dict], out_dir: Path, samples_per_shard: int)
             shard["samples"] += 1
             shard["seconds"] += sample["json"]["duration"]
             rates.add(sample["json"]["sample_rate"])
-    return list(stats.values()), rates
+    return [{**shard, "seconds": round(shard["seconds"], 3)} for shard in stats.values()], rates
 
 
 def usable_samples(entries: list[tuple[int, dict | ClipError]], root: Path, sample_rate: int | None,

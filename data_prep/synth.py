@@ -178,9 +178,10 @@ def random_params(kind: str, rng: np.random.Generator, duration: float) -> dict:
         params.update(color=str(rng.choice(list(NOISE_EXPONENTS))), envelope=str(rng.choice(ENVELOPES)),
                       noise_seed=int(rng.integers(2**31)))
     elif kind == "hits":
-        bpm = int(rng.integers(60, 241))
-        most = int(np.clip(duration * bpm / 60, 1, 8))
-        params.update(hit=str(rng.choice(["noise", "sine"])), bpm=bpm, count=int(rng.integers(min(2, most), most + 1)),
+        # The hits spread over the whole clip: the tempo follows from their count (at most 4 a second).
+        most = int(np.clip(duration * 4, 1, 8))
+        count = int(rng.integers(min(2, most), most + 1))
+        params.update(hit=str(rng.choice(["noise", "sine"])), count=count, bpm=max(1, int(60 * count / duration)),
                       decay=round(float(rng.uniform(0.02, 0.1)), 3), noise_seed=int(rng.integers(2**31)))
         if params["hit"] == "sine":
             midi = int(rng.integers(36, 60))

@@ -1,18 +1,15 @@
 """Shared fixtures: small shard sets built by the real data_prep tools, and a torchrun runner."""
 
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import webdataset as wds
 
-from aurora.data.manifest import write_manifest
+from data_prep.synth_tokens import write_token_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,26 +34,6 @@ def audio_shards(tmp_path_factory) -> Path:
     make_shards.main(["--manifest", str(root / "corpus" / "metadata.jsonl"), "--out", str(root / "shards"),
                       "--samples-per-shard", "8"])
     return root / "shards"
-
-
-def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: int = 4,
-                       codebook_size: int = 256, frames: int = 40, seed: int = 0) -> Path:
-    """Random token shards in the format data_prep.tokenize writes (no codec attached)."""
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for s in range(0, num_clips, per_shard):
-        name = f"shard-{s // per_shard:06d}.tar"
-        with wds.TarWriter(str(out / name)) as sink:
-            for i in range(s, min(s + per_shard, num_clips)):
-                codes = rng.integers(0, codebook_size, size=(n_q, frames)).astype(np.int16)
-                buffer = io.BytesIO()
-                np.save(buffer, codes)
-                meta = {"text": f"clip number {i} with a {['low', 'high'][i % 2]} tone", "frames": frames}
-                sink.write({"__key__": f"clip{i:05d}", "codes.npy": buffer.getvalue(), "json": json.dumps(meta).encode()})
-        shards.append({"name": name, "samples": min(per_shard, num_clips - s), "seconds": per_shard * frames / 50})
-    write_manifest(out, "tokens", shards, 16000, n_q=n_q, codebook_size=codebook_size, frame_rate=50.0, codec=None)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 import webdataset as wds
 from omegaconf import OmegaConf
 
-from aurora.data import DataConfig, build_loader
+from aurora.data import DataConfig, DataError, build_loader
 from aurora.data.audio import AudioExamples
 from aurora.data.manifest import write_manifest
 from data_prep import make_shards, synth
@@ -120,9 +120,10 @@ def test_no_rank_starves_with_fewer_shards_than_readers(shards):
 
 
 # -- exact resume -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("taken, more", [(7, 6), (4, 9)])
-def test_resume_continues_the_uninterrupted_stream(shards, taken, more):
-    cfg = config(shards, num_workers=2)
+@pytest.mark.parametrize("spec, taken, more", [("", 7, 6), ("", 4, 9), ("/shard-000000.tar", 5, 6)])
+def test_resume_continues_the_uninterrupted_stream(shards, spec, taken, more):
+    # 4 shards for 2 ranks x 2 workers: shard split; 1 shard: sample split.
+    cfg = config(f"{shards}{spec}", num_workers=2)
     reference = take(build_loader(cfg, "audio", 1, 2, seed=3), taken + more)
 
     first = build_loader(cfg, "audio", 1, 2, seed=3)
@@ -169,7 +170,7 @@ def test_resume_with_another_setup_is_a_clear_error(shards, change, message):
     setup.update(change)
     other = build_loader(config(shards, num_workers=setup["num_workers"]), "audio", 0, setup["world_size"],
                          setup["seed"])
-    with pytest.raises(ValueError, match=message) as err:
+    with pytest.raises(DataError, match=message) as err:
         other.load_state_dict(loader.state_dict())
     assert "same seed, world size and data.num_workers" in str(err.value)
 
@@ -260,7 +261,7 @@ def test_resume_is_exact_with_bad_samples(bad_shards):
 def test_unreadable_data_is_a_clear_error_not_a_hang(tmp_path):
     (tmp_path / "shard-000000.tar").write_bytes(b"junk")
     loader = build_loader(config(f"{tmp_path}/shard-000000.tar"), "audio", 0, 1, seed=0)
-    with pytest.raises(RuntimeError, match="got no usable sample in epoch 0 from 1 shard"):
+    with pytest.raises(DataError, match="got no usable sample in epoch 0 from 1 shard"):
         take(loader, 1)
 
 
@@ -280,13 +281,13 @@ def test_structured_omegaconf_config(shards):
 
 
 def test_config_errors(shards):
-    with pytest.raises(ValueError, match="data.shards is not set"):
+    with pytest.raises(DataError, match="data.shards is not set"):
         build_loader(DataConfig(), "audio", 0, 1, 0)
-    with pytest.raises(ValueError, match="data.batch_size must be > 0"):
+    with pytest.raises(DataError, match="data.batch_size must be > 0"):
         build_loader(config(shards, batch_size=0), "audio", 0, 1, 0)
-    with pytest.raises(ValueError, match="holds audio shards, but this task trains on tokens"):
+    with pytest.raises(DataError, match="holds audio shards, but this task trains on tokens"):
         build_loader(config(shards), "tokens", 0, 1, 0)
-    with pytest.raises(ValueError, match="rank 2 is outside world_size 2"):
+    with pytest.raises(DataError, match="rank 2 is outside world_size 2"):
         build_loader(config(shards), "audio", 2, 2, 0)
 
 

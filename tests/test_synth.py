@@ -81,6 +81,8 @@ def test_signals_are_finite_and_within_unit_range():
         assert np.isfinite(signal).all(), meta["text"]
         assert np.abs(signal).max() <= 1.0 and np.abs(signal).max() == pytest.approx(meta["gain"])
         assert len(signal) == round(meta["duration"] * 16000)
+        if meta["kind"] == "hits":  # spread over the clip
+            assert (meta["count"] - 1) * 60 / meta["bpm"] < meta["duration"] <= (meta["count"] + 1) * 60 / meta["bpm"]
 
 
 @pytest.mark.parametrize("sample_rate", [16000, 24000])

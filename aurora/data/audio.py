@@ -15,13 +15,17 @@ from aurora.data.skips import DECODE_ERROR, EMPTY_AUDIO, BadSample
 
 
 class AudioExamples:
-    """Turns raw audio samples into fixed-length mono examples and batches of them."""
+    """Turns raw audio samples into fixed-length mono examples and batches of them.
 
-    def __init__(self, sample_rate: int, segment_seconds: float):
+    ``segment_seconds=None`` keeps whole clips (for tokenizing); then ``decode`` needs no rng
+    and ``collate`` is not used.
+    """
+
+    def __init__(self, sample_rate: int, segment_seconds: float | None):
         self.sample_rate = sample_rate
-        self.segment = round(segment_seconds * sample_rate)
+        self.segment = None if segment_seconds is None else round(segment_seconds * sample_rate)
 
-    def decode(self, sample: dict, rng: np.random.Generator) -> dict:
+    def decode(self, sample: dict, rng: np.random.Generator | None) -> dict:
         """A ``{"audio": FloatTensor[S'], "text", "key"}`` example, S' <= segment."""
         require_members(sample, "flac", "json")
         text = caption(sample)
@@ -30,7 +34,7 @@ class AudioExamples:
             with sf.SoundFile(io.BytesIO(sample["flac"])) as f:
                 rate, frames = f.samplerate, f.frames
                 # Crop in the source rate, so only the segment is decoded and resampled.
-                want = min(frames, math.ceil(self.segment * rate / self.sample_rate))
+                want = frames if self.segment is None else min(frames, math.ceil(self.segment * rate / self.sample_rate))
                 if frames > want:
                     f.seek(int(rng.integers(0, frames - want + 1)))
                 data = f.read(want, dtype="float32", always_2d=True)

@@ -44,7 +44,7 @@ class SkipCounter:
         self._counts[reason] += 1
         if (shard, reason) not in self._warned:
             self._warned.add((shard, reason))
-            log.warning("%s: skipped a bad sample (%s: %s); further ones in this shard are only counted, "
+            log.warning("%s: skipped bad data (%s: %s); more of this kind in this shard are only counted, "
                         "as data/skipped/%s", shard, reason, detail, reason)
 
     def take(self) -> dict[str, int]:

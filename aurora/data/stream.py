@@ -124,7 +124,7 @@ class BatchStream(IterableDataset):
                     pending = []
                     yield role, epoch, position, batch
             if not productive:
-                raise RuntimeError(
+                raise DataError(
                     f"data reader {reader} (rank {self.rank}, worker {role}) got no usable sample in epoch "
                     f"{epoch} from {len(self.urls)} shard(s): the shards are unreadable (see the warnings "
                     f"above), or there are fewer samples than the {self.readers} readers "
@@ -176,7 +176,7 @@ class ResumableLoader:
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise DataError(f"data loader state version {state.get('version')!r} is not supported "
-                             f"(supports {STATE_VERSION})")
+                            f"(supports {STATE_VERSION})")
         mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
         if mismatched:
             details = ", ".join(f"{k}: saved {saved!r}, now {now!r}" for k, (saved, now) in mismatched.items())
@@ -197,7 +197,7 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
     if manifest is not None:
         if manifest["kind"] != kind:
             raise DataError(f"data.shards {cfg.shards!r} holds {manifest['kind']} shards, but this task "
-                             f"trains on {kind}: point data.shards at {kind} shards")
+                            f"trains on {kind}: point data.shards at {kind} shards")
         counts = {shard["name"]: shard["samples"] for shard in manifest["shards"]}
         expected = {url: counts[os.path.basename(url)] for url in urls if os.path.basename(url) in counts}
     if kind == "audio":
@@ -205,7 +205,7 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
     else:
         if manifest is None or not isinstance(manifest.get("n_q"), int):
             raise DataError(f"token shards {cfg.shards!r} need a manifest.json with n_q (the number of "
-                             f"codebooks): re-create them with the tokenizer")
+                            f"codebooks): re-create them with the tokenizer")
         examples = TokenExamples(manifest["n_q"], cfg.context_frames)
     stream = BatchStream(urls, expected, examples, cfg.batch_size, cfg.shuffle_buffer, seed, rank,
                          world_size, cfg.num_workers)
@@ -217,7 +217,7 @@ def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:
         raise DataError(f"data kind must be 'audio' or 'tokens', got {kind!r}")
     if cfg.shards == MISSING or not cfg.shards:
         raise DataError("data.shards is not set: give a shard directory (with manifest.json) or a brace "
-                         "pattern, e.g. data.shards=data/shards")
+                        "pattern, e.g. data.shards=data/shards")
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside world_size {world_size}")
     positive = {"batch_size": cfg.batch_size, "sample_rate": cfg.sample_rate,

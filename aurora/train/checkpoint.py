@@ -12,6 +12,7 @@ The per-rank files hold what differs between ranks: RNG states and the data stre
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,6 +97,8 @@ def load_model_weights(model: nn.Module, path: str | Path) -> Path:
     process alone (no collectives): for tokenizing, sampling and export."""
     ckpt = resolve_checkpoint(path)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=ckpt, no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=ckpt, no_dist=True)
     model.load_state_dict(state["model"])
     return ckpt

@@ -1,0 +1,60 @@
+"""Random token shards in the format data_prep.tokenize writes, with no codec behind them.
+
+    python -m data_prep.synth_tokens --out DIR [--num-clips 32] [--n-q 4] [--codebook-size 256]
+
+For exercising and benchmarking the LM recipe without training a codec first (the LM cannot
+learn anything from them, and there is no codec to decode samples with).
+"""
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from aurora.data.manifest import write_manifest
+
+
+def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: int = 4,
+                       codebook_size: int = 256, frames: int = 40, frame_rate: float = 50.0,
+                       seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for first in range(0, num_clips, per_shard):
+        name = f"shard-{first // per_shard:06d}.tar"
+        count = min(per_shard, num_clips - first)
+        with wds.TarWriter(str(out / name)) as sink:
+            for i in range(first, first + count):
+                buffer = io.BytesIO()
+                np.save(buffer, rng.integers(0, codebook_size, size=(n_q, frames)).astype(np.int16))
+                meta = {"text": f"clip number {i} with a {['low', 'high'][i % 2]} tone", "frames": frames,
+                        "frame_rate": frame_rate}
+                sink.write({"__key__": f"clip{i:05d}", "codes.npy": buffer.getvalue(),
+                            "json": json.dumps(meta).encode()})
+        shards.append({"name": name, "samples": count, "seconds": count * frames / frame_rate})
+    write_manifest(out, "tokens", shards, None, n_q=n_q, codebook_size=codebook_size,
+                   frame_rate=frame_rate, codec=None)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--num-clips", type=int, default=32)
+    parser.add_argument("--samples-per-shard", type=int, default=8)
+    parser.add_argument("--n-q", type=int, default=4)
+    parser.add_argument("--codebook-size", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    write_token_shards(args.out, args.num_clips, args.samples_per_shard, args.n_q, args.codebook_size,
+                       args.frames, seed=args.seed)
+    print(f"wrote {args.num_clips} random token clips to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
