@@ -5,9 +5,11 @@ The walking skeleton of the EnCodec / DAC family, without the GAN:
     wav [B, 1, S] -> Encoder -> z [B, D, T] -> ResidualVectorQuantizer -> codes [B, n_q, T]
                                                                        -> z_q [B, D, T] -> Decoder -> wav
 
-with T = S / hop_length and hop_length = prod(strides). Discriminators, Snake activations,
-factorized codes, quantizer dropout and dead-code re-initialisation come later: the activation
-has one seam (`_activation`) and each quantizer stage is its own module.
+with T = S / hop_length and hop_length = prod(strides). Each quantizer stage uses DAC's factorized,
+l2-normalized codes (Kumar et al. 2023): the nearest-neighbour lookup runs by cosine similarity in a
+low-dimensional projection of the latent, which keeps the codebooks from collapsing onto one entry.
+Discriminators, Snake activations, quantizer dropout and dead-code re-initialisation come later: the
+activation has one seam (`_activation`) and each quantizer stage is its own module.
 """
 
 import math
@@ -34,14 +36,17 @@ class CodecConfig:
     residual_units: int = 1
     """Dilated residual units per encoder/decoder block (dilations 1, 3, 9, ...)."""
     latent_dim: int = 32
-    """Channels of the latent the quantizer sees, and the dimension of every codebook vector."""
+    """Channels of the latent the quantizer sees (each stage projects it to codebook_dim and back)."""
     n_q: int = 4
     """Number of residual quantizer stages (codebooks)."""
     codebook_size: int = 256
     """Entries per codebook; codes lie in [0, codebook_size)."""
+    codebook_dim: int = 8
+    """Dimension of the low-dimensional lookup space: each stage projects the latent to it, looks
+    up the nearest code by cosine similarity there, and projects the code back (DAC's factorized codes)."""
 
     def __post_init__(self):
-        positive = ("sample_rate", "channels", "residual_units", "latent_dim", "n_q")
+        positive = ("sample_rate", "channels", "residual_units", "latent_dim", "n_q", "codebook_dim")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"CodecConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -67,7 +72,13 @@ class CodecConfig:
 
 
 def _conv(*args, **kwargs) -> nn.Module:
-    return weight_norm(nn.Conv1d(*args, **kwargs))
+    # Zero bias, as DAC's `init_weights` leaves every Conv1d (its weight re-init is a no-op under
+    # weight norm). With torch's default biases the constant offsets dominate the small latent of a
+    # fresh encoder, every frame points the same way, and the cosine lookup picks one code for all.
+    conv = nn.Conv1d(*args, **kwargs)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return weight_norm(conv)
 
 
 def _conv_transpose(*args, **kwargs) -> nn.Module:
@@ -184,42 +195,58 @@ class QuantizerOutput(NamedTuple):
     codes: Tensor
     """[B, T] (one codebook) or [B, n_q, T] (residual stack), long."""
     commitment_loss: Tensor
-    """Scalar: mse(z, z_q.detach()), pulls the encoder towards its codes. Summed over stages."""
+    """Scalar: mse(z_e, z_q.detach()) in the lookup space, pulls the encoder towards its codes.
+    Summed over stages."""
     codebook_loss: Tensor
-    """Scalar: mse(z_q, z.detach()), pulls the codes towards the encoder. Summed over stages."""
+    """Scalar: mse(z_q, z_e.detach()) in the lookup space, pulls the codes towards the encoder.
+    Summed over stages."""
 
 
 class VectorQuantizer(nn.Module):
-    """One codebook: nearest neighbour by L2 distance, straight-through gradient to the input."""
+    """One codebook with DAC's factorized, l2-normalized codes (Improved VQGAN, Yu et al. 2021):
 
-    def __init__(self, dim: int, codebook_size: int):
+        x [B, D, T] -> in_proj -> z_e [B, codebook_dim, T] -> nearest code by cosine similarity
+                    -> z_q = codebook[code] -> out_proj -> [B, D, T]
+
+    The lookup compares directions only (both sides l2-normalized), so a code is never out of reach
+    because of its length, and the N(0, 1) codebook spreads its entries over the whole sphere of the
+    low-dimensional space; z_q itself is the unnormalized codebook row, as in DAC. The losses are
+    measured in the lookup space, and the straight-through gradient reaches x through both projections.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, codebook_dim: int = 8):
         super().__init__()
-        self.codebook = nn.Embedding(codebook_size, dim)
-        nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)
+        self.in_proj = _conv(dim, codebook_dim, kernel_size=1)
+        self.out_proj = _conv(codebook_dim, dim, kernel_size=1)
+        self.codebook = nn.Embedding(codebook_size, codebook_dim)  # N(0, 1) init
 
-    def encode(self, x: Tensor) -> Tensor:
-        """[B, D, T] -> codes [B, T] of the nearest codebook vectors."""
-        b, d, t = x.shape
-        flat = x.transpose(1, 2).reshape(-1, d).float()
+    def _lookup(self, z_e: Tensor) -> Tensor:
+        """z_e [B, codebook_dim, T] -> codes [B, T] of the codebook rows nearest in direction."""
+        b, d, t = z_e.shape
         # Under autocast the matmul would run in bf16, whose rounding flips near-tied assignments.
-        with torch.autocast(x.device.type, enabled=False):
-            codebook = self.codebook.weight.float()
+        with torch.autocast(z_e.device.type, enabled=False):
+            flat = F.normalize(z_e.transpose(1, 2).reshape(-1, d).float(), dim=1)
+            codebook = F.normalize(self.codebook.weight.float(), dim=1)
+            # L2 distance between unit vectors: 2 - 2 * cosine similarity.
             dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)
         return dist.argmin(1).view(b, t)
 
+    def encode(self, x: Tensor) -> Tensor:
+        """[B, D, T] -> codes [B, T] of the codebook rows nearest to in_proj(x) by cosine similarity."""
+        return self._lookup(self.in_proj(x))
+
     def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, T] -> codebook vectors [B, D, T]."""
-        return self.codebook(codes).transpose(1, 2)
+        """codes [B, T] -> out_proj(codebook rows) [B, D, T]."""
+        return self.out_proj(self.codebook(codes).transpose(1, 2))
 
     def forward(self, x: Tensor) -> QuantizerOutput:
-        codes = self.encode(x)
-        q = self.decode(codes)
-        return QuantizerOutput(
-            quantized=x + (q - x).detach(),
-            codes=codes,
-            commitment_loss=F.mse_loss(x, q.detach()),
-            codebook_loss=F.mse_loss(q, x.detach()),
-        )
+        z_e = self.in_proj(x)
+        codes = self._lookup(z_e)
+        z_q = self.codebook(codes).transpose(1, 2)
+        commitment_loss = F.mse_loss(z_e, z_q.detach())
+        codebook_loss = F.mse_loss(z_q, z_e.detach())
+        z_q = z_e + (z_q - z_e).detach()  # the code's value, the gradient of z_e (straight-through)
+        return QuantizerOutput(self.out_proj(z_q), codes, commitment_loss, codebook_loss)
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -228,9 +255,9 @@ class ResidualVectorQuantizer(nn.Module):
     The losses are summed over stages (as in DAC), so a task's loss weights apply per stage.
     """
 
-    def __init__(self, dim: int, n_q: int, codebook_size: int):
+    def __init__(self, dim: int, n_q: int, codebook_size: int, codebook_dim: int = 8):
         super().__init__()
-        self.quantizers = nn.ModuleList(VectorQuantizer(dim, codebook_size) for _ in range(n_q))
+        self.quantizers = nn.ModuleList(VectorQuantizer(dim, codebook_size, codebook_dim) for _ in range(n_q))
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         quantized = torch.zeros_like(z)
@@ -238,8 +265,8 @@ class ResidualVectorQuantizer(nn.Module):
         codes, commitment_loss, codebook_loss = [], 0.0, 0.0
         for vq in self.quantizers:
             out = vq(residual)
-            # out.quantized has the value of the codebook vector and the gradient of `residual`,
-            # so the sum reaches z with an identity gradient (straight-through for the whole stack).
+            # out.quantized has the value of the decoded code and reaches `residual` through the
+            # stage's projections with a straight-through gradient across the lookup.
             residual = residual - out.quantized
             quantized = quantized + out.quantized
             codes.append(out.codes)
@@ -259,7 +286,7 @@ class ResidualVectorQuantizer(nn.Module):
         return torch.stack(codes, dim=1)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, k, T] -> z [B, D, T]: the sum of the first k stages' codebook vectors."""
+        """codes [B, k, T] -> z [B, D, T]: the sum of the first k stages' decoded codes."""
         if not 1 <= codes.shape[1] <= len(self.quantizers):
             raise ValueError(f"codes must have 1 to {len(self.quantizers)} stages, got shape {tuple(codes.shape)}")
         return sum(vq.decode(codes[:, i]) for i, vq in enumerate(self.quantizers[: codes.shape[1]]))
@@ -295,7 +322,7 @@ class Codec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size)
+        self.quantizer = ResidualVectorQuantizer(cfg.latent_dim, cfg.n_q, cfg.codebook_size, cfg.codebook_dim)
         self.decoder = Decoder(cfg)
 
     def _pad(self, wav: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from aurora.config import load_config, peek_task
-from aurora.dist import init_distributed, shutdown
+from aurora.dist import barrier, init_distributed, shutdown
 from aurora.tasks import get_task
 from aurora.train.loop import Trainer
 
@@ -74,6 +74,7 @@ def main() -> None:
     params = {name.removeprefix("module."): full(p) for name, p in trainer.model.named_parameters()}
     if env.is_main:
         torch.save({"losses": losses, "grads": first_grads, "params": params}, out)
+    barrier()  # leave together: a gloo peer torn down while another still runs can abort it
     shutdown()
 
 

@@ -1,0 +1,40 @@
+"""Where a process sits in the job, from torchrun's or slurm's variables."""
+
+import pytest
+
+from aurora.dist import read_launch_env
+
+LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "SLURM_PROCID",
+               "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_single_process(clean_env):
+    assert read_launch_env() == dict(rank=0, world_size=1, local_rank=0, local_world_size=1, node_rank=0, num_nodes=1)
+
+
+def test_torchrun(clean_env):
+    for name, value in dict(RANK="5", WORLD_SIZE="8", LOCAL_RANK="1", LOCAL_WORLD_SIZE="4", GROUP_RANK="1").items():
+        clean_env.setenv(name, value)
+    assert read_launch_env() == dict(rank=5, world_size=8, local_rank=1, local_world_size=4, node_rank=1, num_nodes=2)
+
+
+def test_slurm_without_torchrun(clean_env):
+    for name, value in dict(SLURM_PROCID="13", SLURM_NTASKS="16", SLURM_LOCALID="5", SLURM_NODEID="1",
+                            SLURM_NNODES="2").items():
+        clean_env.setenv(name, value)
+    assert read_launch_env() == dict(rank=13, world_size=16, local_rank=5, local_world_size=8, node_rank=1, num_nodes=2)
+
+
+def test_torchrun_wins_over_slurm(clean_env):
+    # srun torchrun ...: slurm describes the agent, torchrun the worker.
+    for name, value in dict(SLURM_PROCID="1", SLURM_NTASKS="2", RANK="3", WORLD_SIZE="4", LOCAL_RANK="1",
+                            LOCAL_WORLD_SIZE="2", GROUP_RANK="1").items():
+        clean_env.setenv(name, value)
+    assert read_launch_env()["rank"] == 3

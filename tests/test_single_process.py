@@ -1,0 +1,33 @@
+"""A single process without torchrun trains, logs to JSONL and (offline) wandb, and schedules LR."""
+
+import math
+
+import pytest
+
+from aurora.config.schema import OptimConfig
+from aurora.train.schedule import lr_factor
+from tests.conftest import read_metrics, run_cmd
+from tests.test_resume import SMALL
+
+
+def test_plain_python_run_with_wandb_offline(tmp_path, token_shards):
+    run = tmp_path / "run"
+    run_cmd(["-m", "aurora", "train", "configs/lm/tiny.yaml", f"run.dir={run}", f"data.shards={token_shards}",
+             "trainer.max_steps=3", "logging.wandb=true", *SMALL], env={"WANDB_SILENT": "true"})
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "throughput/samples_per_s"):
+        assert key in metrics[0]
+    assert (run / "config.yaml").is_file()
+    assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+def test_lr_schedule_by_hand():
+    warmup, decay, floor = 4, 10, 0.1
+    assert [lr_factor(s, warmup, decay, floor) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, warmup, decay, floor) == pytest.approx(1.0)
+    # Halfway through the cosine: floor + (1 - floor) * (1 + cos(pi/2)) / 2
+    assert lr_factor(9, warmup, decay, floor) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(14, warmup, decay, floor) == pytest.approx(floor)
+    assert lr_factor(100, warmup, decay, floor) == pytest.approx(floor)
+    assert OptimConfig().decay_steps is None
