@@ -7,7 +7,7 @@ The walking skeleton of the EnCodec / DAC family, without the GAN:
 
 with T = S / hop_length and hop_length = prod(strides). Each quantizer stage uses DAC's factorized,
 l2-normalized codes (Kumar et al. 2023): the nearest-neighbour lookup runs by cosine similarity in a
-low-dimensional projection of the latent, which keeps the codebooks from collapsing onto one entry.
+low-dimensional projection of the latent, where an N(0, 1) codebook covers all directions.
 Discriminators, Snake activations, quantizer dropout and dead-code re-initialisation come later: the
 activation has one seam (`_activation`) and each quantizer stage is its own module.
 """
@@ -74,7 +74,7 @@ class CodecConfig:
 def _conv(*args, **kwargs) -> nn.Module:
     # Zero bias, as DAC's `init_weights` leaves every Conv1d (its weight re-init is a no-op under
     # weight norm). With torch's default biases the constant offsets dominate the small latent of a
-    # fresh encoder, every frame points the same way, and the cosine lookup picks one code for all.
+    # fresh encoder: every frame points the same way and the lookup picks one code for nearly all.
     conv = nn.Conv1d(*args, **kwargs)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
