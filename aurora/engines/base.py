@@ -44,6 +44,20 @@ class Engine(ABC):
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The user's module inside whatever ``wrap`` returned (to reach its submodules)."""
+        return model
+
+    @torch.no_grad()
+    def read_full(self, param: torch.Tensor) -> torch.Tensor:
+        """A copy of the whole parameter, on every rank (a collective for sharded engines)."""
+        return self._local(param).detach().clone()
+
+    @torch.no_grad()
+    def write_full(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        """Set the whole parameter; every rank passes the same ``value``."""
+        param.copy_(value)
+
     def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
         """Model and optimizer state keyed by the unwrapped module's parameter names (the
         same keys for every engine), as DCP tensors so any engine and world size can load."""

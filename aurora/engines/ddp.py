@@ -17,3 +17,6 @@ class DDPEngine(Engine):
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if enabled else model.no_sync()
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module

@@ -6,6 +6,7 @@ import contextlib
 import torch
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import distribute_tensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from aurora.config.schema import Precision
@@ -33,3 +34,7 @@ class FSDPEngine(Engine):
         # FSDP2 casts parameters through its MixedPrecisionPolicy; autocast on top would
         # only add casts.
         return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def write_full(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        param.copy_(distribute_tensor(value, param.device_mesh, param.placements))

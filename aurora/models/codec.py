@@ -200,6 +200,9 @@ class QuantizerOutput(NamedTuple):
     codebook_loss: Tensor
     """Scalar: mse(z_q, z_e.detach()) in the lookup space, pulls the codes towards the encoder.
     Summed over stages."""
+    lookup_inputs: Tensor
+    """Detached z_e, what the lookup compared with the codebook: [B, codebook_dim, T] (one
+    codebook) or [B, n_q, codebook_dim, T]. Fresh codes for dead entries are drawn from it."""
 
 
 class VectorQuantizer(nn.Module):
@@ -246,7 +249,7 @@ class VectorQuantizer(nn.Module):
         commitment_loss = F.mse_loss(z_e, z_q.detach())
         codebook_loss = F.mse_loss(z_q, z_e.detach())
         z_q = z_e + (z_q - z_e).detach()  # the code's value, the gradient of z_e (straight-through)
-        return QuantizerOutput(self.out_proj(z_q), codes, commitment_loss, codebook_loss)
+        return QuantizerOutput(self.out_proj(z_q), codes, commitment_loss, codebook_loss, z_e.detach())
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -262,7 +265,7 @@ class ResidualVectorQuantizer(nn.Module):
     def forward(self, z: Tensor) -> QuantizerOutput:
         quantized = torch.zeros_like(z)
         residual = z
-        codes, commitment_loss, codebook_loss = [], 0.0, 0.0
+        codes, lookup_inputs, commitment_loss, codebook_loss = [], [], 0.0, 0.0
         for vq in self.quantizers:
             out = vq(residual)
             # out.quantized has the value of the decoded code and reaches `residual` through the
@@ -270,9 +273,11 @@ class ResidualVectorQuantizer(nn.Module):
             residual = residual - out.quantized
             quantized = quantized + out.quantized
             codes.append(out.codes)
+            lookup_inputs.append(out.lookup_inputs)
             commitment_loss = commitment_loss + out.commitment_loss
             codebook_loss = codebook_loss + out.codebook_loss
-        return QuantizerOutput(quantized, torch.stack(codes, dim=1), commitment_loss, codebook_loss)
+        return QuantizerOutput(quantized, torch.stack(codes, dim=1), commitment_loss, codebook_loss,
+                               torch.stack(lookup_inputs, dim=1))
 
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:
         """z [B, D, T] -> codes [B, n_q, T] from the first n_q stages (all by default)."""
@@ -315,6 +320,8 @@ class CodecOutput(NamedTuple):
     """Scalar, summed over quantizer stages."""
     codebook_loss: Tensor
     """Scalar, summed over quantizer stages."""
+    lookup_inputs: Tensor
+    """[B, n_q, codebook_dim, T] detached inputs of each stage's lookup."""
 
 
 class Codec(nn.Module):
@@ -334,7 +341,7 @@ class Codec(nn.Module):
     def forward(self, wav: Tensor) -> CodecOutput:
         q = self.quantizer(self.encoder(self._pad(wav)))
         recon = self.decoder(q.quantized)[..., : wav.shape[-1]]
-        return CodecOutput(recon, q.codes, q.commitment_loss, q.codebook_loss)
+        return CodecOutput(recon, q.codes, q.commitment_loss, q.codebook_loss, q.lookup_inputs)
 
     def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
         """wav [B, 1, S] -> codes [B, n_q, ceil(S / hop_length)] long."""

@@ -13,6 +13,7 @@ from torch import nn
 
 from aurora.config.schema import TrainConfig
 from aurora.dist import DistEnv
+from aurora.engines import Engine
 
 
 class Task(ABC):
@@ -37,6 +38,18 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss to minimise and detached metrics, for one micro-batch. ``model`` is the wrapped
         module: call it (its forward), never its methods, so engine hooks run."""
+
+    def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
+        """Called on every rank after optimizer step ``step``, for maintenance that must happen
+        between steps (it may issue collectives: every rank calls it). Returns metrics."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """This rank's recipe state that a checkpoint must carry (beyond the model)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         """Work counted for throughput, e.g. {"samples": B, "tokens": N}."""

@@ -14,7 +14,9 @@ from aurora.config import ConfigError, load_config
 from aurora.config.schema import TrainConfig
 from aurora.models.codec import Codec, CodecConfig, codebook_usage
 from aurora.tasks.audio_losses import MultiScaleMelLoss, masked_l1
+from aurora.engines import Engine
 from aurora.tasks.base import Task
+from aurora.tasks.dead_codes import DeadCodeReset
 from aurora.train.checkpoint import load_model_weights
 
 
@@ -35,10 +37,18 @@ class CodecLossConfig:
 
 
 @dataclass
+class QuantizerMaintenanceConfig:
+    dead_code_every: int = 10
+    """Every N optimizer steps, codes that no rank used in those N steps are replaced by
+    encoder outputs from the latest batch (0 disables)."""
+
+
+@dataclass
 class CodecTrainConfig(TrainConfig):
     task: str = "codec"
     model: CodecConfig = field(default_factory=CodecConfig)
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
+    quantizer: QuantizerMaintenanceConfig = field(default_factory=QuantizerMaintenanceConfig)
 
 
 class CodecTask(Task):
@@ -54,6 +64,9 @@ class CodecTask(Task):
             )
         lc = cfg.loss
         self.mel_loss = MultiScaleMelLoss(cfg.model.sample_rate, lc.mel_n_ffts, lc.mel_n_mels).to(env.device)
+        m = cfg.model
+        self.dead_codes = DeadCodeReset(m.n_q, m.codebook_size, m.codebook_dim, cfg.quantizer.dead_code_every,
+                                        cfg.run.seed, env.device)
 
     def build_model(self) -> nn.Module:
         return Codec(self.cfg.model)
@@ -71,9 +84,21 @@ class CodecTask(Task):
                  + lc.commitment_weight * out.commitment_loss + lc.codebook_weight * out.codebook_loss)
         metrics = {"mel_l1": mel, "waveform_l1": wave, "commitment": out.commitment_loss,
                    "codebook": out.codebook_loss}
+        self.dead_codes.observe(out.codes, out.lookup_inputs)
         usage = codebook_usage(out.codes, self.cfg.model.codebook_size)
         metrics.update({f"perplexity/q{i}": p for i, p in enumerate(usage)})
         return total, metrics
+
+    def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
+        codec = engine.unwrap(model)
+        codebooks = [vq.codebook.weight for vq in codec.quantizer.quantizers]
+        return {"codes_reset": float(self.dead_codes.maybe_reset(step, codebooks, engine))}
+
+    def state_dict(self) -> dict:
+        return {"dead_codes": self.dead_codes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dead_codes.load_state_dict(state["dead_codes"])
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         return {"samples": float(len(batch["keys"])),

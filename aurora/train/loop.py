@@ -81,7 +81,7 @@ class Trainer:
 
     def save(self) -> Path:
         rank_state = {"rng": rng_state(), "data": self.loader.state_dict(),
-                      "skipped_samples": dict(self.skipped_samples)}
+                      "skipped_samples": dict(self.skipped_samples), "task": self.task.state_dict()}
         return self.checkpointer.save(self.step, self._app_state(), rank_state)
 
     def resume(self, path: Path) -> None:
@@ -93,6 +93,7 @@ class Trainer:
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
         self.skipped_samples = Counter(rank_state["skipped_samples"])
         self.loader.load_state_dict(rank_state["data"])
+        self.task.load_state_dict(rank_state["task"])
         set_rng_state(rank_state["rng"])
 
     # -- one optimizer step -------------------------------------------------------------------
@@ -139,6 +140,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
+        task_metrics = self.task.after_step(self.model, self.engine, self.step)
 
         elapsed = time.perf_counter() - started
         out = {"loss": summed[0] / world, "lr": lr, "grad_norm": grad_norm.item(),
@@ -147,6 +149,7 @@ class Trainer:
             out[name] = summed[2 + i] / world
         for i, name in enumerate(item_names):
             out[f"throughput/{name}_per_s"] = summed[2 + len(names) + i] / elapsed
+        out.update(task_metrics)
         return out
 
     def _gather_skipped_samples(self) -> dict[str, float]:
