@@ -61,3 +61,11 @@ def test_accumulation_equals_large_batch(tmp_path, token_shards):
     _assert_same(large, accum, rtol=1e-4, atol=1e-5)
     accum_ddp = _run(tmp_path, "lm", token_shards, 2, "accum_ddp", "trainer.grad_accum_steps=2")
     _assert_same(large, accum_ddp, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_dead_code_reset_keeps_replicas_equal(tmp_path, audio_shards, engine):
+    """Codes are replaced at a step boundary with the same rows on every rank (the script
+    fails if the replicas' weights differ afterwards)."""
+    out = _run(tmp_path, "codec", audio_shards, 2, engine, f"engine.name={engine}", "quantizer.dead_code_every=1")
+    assert sum(m["codes_reset"] for m in out["metrics"]) > 0

@@ -21,12 +21,12 @@ echo "== 2/5 audio shards"
 python -m data_prep.make_shards --manifest "$OUT/corpus/metadata.jsonl" --out "$OUT/shards" --samples-per-shard 16
 echo "== 3/5 codec ($CODEC_STEPS steps, $NPROC processes)"
 "${TORCHRUN[@]}" -m aurora train configs/codec/tiny.yaml run.dir="$OUT/codec" data.shards="$OUT/shards" \
-  trainer.max_steps="$CODEC_STEPS" trainer.checkpoint_every="$CKPT" trainer.progress_bar=false
+  trainer.max_steps="$CODEC_STEPS" trainer.checkpoint_every="$CKPT"
 echo "== 4/5 tokenize"
 "${TORCHRUN[@]}" -m data_prep.tokenize --shards "$OUT/shards" --codec "$OUT/codec" --out "$OUT/tokens"
 echo "== 5/5 audio LM ($LM_STEPS steps, $NPROC processes)"
 "${TORCHRUN[@]}" -m aurora train configs/lm/tiny.yaml run.dir="$OUT/lm" data.shards="$OUT/tokens" \
-  trainer.max_steps="$LM_STEPS" trainer.checkpoint_every="$CKPT" trainer.progress_bar=false
+  trainer.max_steps="$LM_STEPS" trainer.checkpoint_every="$CKPT"
 echo "== done"
 echo "codec run:       $OUT/codec (metrics.jsonl, checkpoints/, samples/)"
 echo "token shards:    $OUT/tokens"

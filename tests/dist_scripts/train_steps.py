@@ -11,6 +11,7 @@ the gradients of the first step and the final parameters (all as full tensors) t
 import sys
 
 import torch
+import torch.distributed as dist
 
 from aurora.config import load_config, peek_task
 from aurora.dist import barrier, init_distributed, shutdown
@@ -66,14 +67,21 @@ def main() -> None:
         real_step(optimizer)
 
     trainer.engine.step = recording_step
-    losses = []
+    losses, metrics = [], []
     for step in range(STEPS):
         batch = global_batches(task_cls.data_kind, cfg, step)
         micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
-        losses.append(trainer.train_step(iter(micro))["loss"])
+        metrics.append(trainer.train_step(iter(micro)))
+        losses.append(metrics[-1]["loss"])
     params = {name.removeprefix("module."): full(p) for name, p in trainer.model.named_parameters()}
+    # Replicas must hold the same weights (DDP never re-syncs them after construction).
+    checksum = torch.stack([p.double().sum() for p in params.values()])
+    replicas = [torch.empty_like(checksum) for _ in range(env.world_size)]
+    dist.all_gather(replicas, checksum)
+    if not all(torch.equal(r, checksum) for r in replicas):
+        raise SystemExit(f"rank {env.rank}: replicas diverged")
     if env.is_main:
-        torch.save({"losses": losses, "grads": first_grads, "params": params}, out)
+        torch.save({"losses": losses, "metrics": metrics, "grads": first_grads, "params": params}, out)
     barrier()  # leave together: a gloo peer torn down while another still runs can abort it
     shutdown()
 
