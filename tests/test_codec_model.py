@@ -242,14 +242,11 @@ def test_state_dict_holds_only_parameters():
     assert set(codec.state_dict()) == {name for name, _ in codec.named_parameters()}
 
 
-def test_tiny_codec_overfits_a_sine():
-    torch.manual_seed(0)
-    codec = Codec(CodecConfig(channels=8, strides=[2, 4, 5], latent_dim=16, n_q=4, codebook_size=64))
-    mel = MultiScaleMelLoss(16000)
-    wav = 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(4000) / 16000).view(1, 1, -1)
+def train(codec: Codec, mel: MultiScaleMelLoss, wav: torch.Tensor, steps: int) -> tuple[list[float], list[float]]:
+    """Adam on mel + VQ losses; the mel loss and stage-0 perplexity of every step."""
     opt = torch.optim.Adam(codec.parameters(), lr=5e-3)
-    losses = []
-    for _ in range(150):
+    losses, usage = [], []
+    for _ in range(steps):
         out = codec(wav)
         mel_loss = mel(out.recon, wav)
         loss = mel_loss + out.codebook_loss + 0.25 * out.commitment_loss
@@ -257,6 +254,16 @@ def test_tiny_codec_overfits_a_sine():
         loss.backward()
         opt.step()
         losses.append(mel_loss.item())
+        usage.append(codebook_usage(out.codes, codec.cfg.codebook_size)[0].item())
+    return losses, usage
+
+
+def test_tiny_codec_overfits_a_sine():
+    torch.manual_seed(0)
+    codec = Codec(CodecConfig(channels=8, strides=[2, 4, 5], latent_dim=16, n_q=4, codebook_size=64))
+    mel = MultiScaleMelLoss(16000)
+    wav = 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(4000) / 16000).view(1, 1, -1)
+    losses, _ = train(codec, mel, wav, steps=150)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
@@ -296,17 +303,7 @@ def test_short_training_keeps_codebook_in_use():
     freqs = torch.tensor([110.0, 330.0, 700.0, 1500.0])
     g = torch.Generator().manual_seed(0)
     wav = (0.5 * torch.sin(2 * math.pi * freqs[:, None] * t) + 0.05 * torch.randn(4, 2400, generator=g)).unsqueeze(1)
-    opt = torch.optim.Adam(codec.parameters(), lr=5e-3)
-    losses, usage = [], []
-    for _ in range(100):
-        out = codec(wav)
-        mel_loss = mel(out.recon, wav)
-        loss = mel_loss + out.codebook_loss + 0.25 * out.commitment_loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(mel_loss.item())
-        usage.append(codebook_usage(out.codes, cfg.codebook_size)[0].item())
+    losses, usage = train(codec, mel, wav, steps=100)
     assert losses[-1] < 0.6 * losses[0], losses[::10]
     assert usage[0] > 16, usage[:1]
     assert min(usage[-20:]) > 5, usage[::10]  # of 240 frames; collapsed is ~1
