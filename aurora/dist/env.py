@@ -1,0 +1,111 @@
+"""Where this process sits in the job, read from torchrun's or slurm's environment.
+
+This is the only module that reads rank/world/node variables. Single-process runs (no
+launcher) get a world of one and still a real process group, so the engines run one path.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from aurora.config.schema import Backend, DistConfig
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    node_rank: int
+    num_nodes: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def read_launch_env() -> dict[str, int]:
+    """rank, world_size, local_rank, local_world_size, node_rank, num_nodes of this process.
+
+    torchrun's variables win; under a bare ``srun`` (no torchrun) slurm's are used.
+    """
+    if _int("RANK") is not None and _int("WORLD_SIZE") is not None:
+        world = _int("WORLD_SIZE")
+        local_world = _int("LOCAL_WORLD_SIZE") or world
+        return dict(
+            rank=_int("RANK"),
+            world_size=world,
+            local_rank=_int("LOCAL_RANK") or 0,
+            local_world_size=local_world,
+            node_rank=_int("GROUP_RANK") or 0,
+            num_nodes=max(1, world // local_world),
+        )
+    if _int("SLURM_PROCID") is not None and _int("SLURM_NTASKS") is not None:
+        world = _int("SLURM_NTASKS")
+        nodes = _int("SLURM_NNODES") or 1
+        return dict(
+            rank=_int("SLURM_PROCID"),
+            world_size=world,
+            local_rank=_int("SLURM_LOCALID") or 0,
+            local_world_size=world // nodes,
+            node_rank=_int("SLURM_NODEID") or 0,
+            num_nodes=nodes,
+        )
+    return dict(rank=0, world_size=1, local_rank=0, local_world_size=1, node_rank=0, num_nodes=1)
+
+
+def init_distributed(cfg: DistConfig) -> DistEnv:
+    """Pick the device and backend, and join (or create) the default process group."""
+    launch = read_launch_env()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", launch["local_rank"] % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    backend = cfg.backend.value if cfg.backend != Backend.auto else ("nccl" if device.type == "cuda" else "gloo")
+    if backend == "nccl" and device.type != "cuda":
+        raise RuntimeError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo (or auto) on CPU")
+    if not dist.is_initialized():
+        timeout = timedelta(seconds=cfg.timeout_s)
+        if launch["world_size"] == 1 and "MASTER_ADDR" not in os.environ:
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        else:
+            if "MASTER_ADDR" not in os.environ:
+                raise RuntimeError(
+                    "MASTER_ADDR/MASTER_PORT are not set: launch with torchrun "
+                    "(launch/torchrun.sh) or export them in the slurm script"
+                )
+            os.environ.setdefault("RANK", str(launch["rank"]))
+            os.environ.setdefault("WORLD_SIZE", str(launch["world_size"]))
+            dist.init_process_group(
+                backend, timeout=timeout, device_id=device if device.type == "cuda" else None
+            )
+    return DistEnv(device=device, backend=backend, **launch)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small tensor over all ranks (one collective)."""
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
