@@ -17,9 +17,12 @@ setup(
         "safetensors",
         "tqdm",
         "wandb",
+        "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "transformers>=4.45"],
+        # DALI's CUDA 13 wheel also runs its CPU pipelines, so the tests exercise data.backend=dali.
+        "dali": ["nvidia-dali-cuda130"],
+        "test": ["pytest", "hypothesis", "transformers>=4.45", "nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["aurora=aurora.cli:main"]},
 )

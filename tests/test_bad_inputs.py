@@ -5,7 +5,6 @@ import shutil
 import tarfile
 
 from tests.conftest import read_metrics, run_cmd
-from tests.test_resume import SMALL
 
 
 def _train(*overrides, nproc=0, check=False):

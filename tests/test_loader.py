@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from aurora.data import DataConfig, DataError, build_loader
 from aurora.data.audio import AudioExamples
 from aurora.data.manifest import write_manifest
+from aurora.data.tars import ShardReader
 from data_prep import make_shards, synth
 
 NUM_CLIPS = 32
@@ -103,7 +104,7 @@ def test_crops_depend_only_on_seed_epoch_and_key(shards):
 # -- splitting across ranks and workers -------------------------------------------------------------
 @pytest.mark.parametrize("spec, samples", [("", NUM_CLIPS), ("/shard-{000000..000001}.tar", 2 * PER_SHARD)])
 def test_every_sample_once_per_epoch_across_ranks_and_workers(shards, spec, samples):
-    # 4 shards for 2 ranks x 2 workers: shard split; 2 shards: sample split.
+    # 4 readers: with 4 shards each reads one; with 2 shards each reads half of one.
     batch_size = samples // 8
     seen = []
     for rank in range(2):
@@ -119,19 +120,42 @@ def test_no_rank_starves_with_fewer_shards_than_readers(shards):
         assert len(batches) == 4 and all(len(b["keys"]) == 3 for b in batches)
 
 
+def test_uneven_shards_give_every_reader_an_equal_share(tmp_path, shards):
+    """Shards of 8, 1 and 3 samples over 3 readers: 4 samples each per epoch, so all ranks move
+    through epochs together and none waits on another's long shard."""
+    members = shard_members(shards / "shard-000000.tar")
+    entries = []
+    for i, n in enumerate((8, 1, 3)):
+        name = f"shard-{i:06d}.tar"
+        with wds.TarWriter(str(tmp_path / name)) as writer:
+            for key in list(members)[:n]:
+                writer.write({"__key__": f"s{i}_{key}", **members[key]})
+        entries.append({"name": name, "samples": n, "seconds": 1.0})
+    write_manifest(tmp_path, "audio", entries, 16000)
+    per_rank = [keys(take(build_loader(config(tmp_path, batch_size=4, num_workers=0), "audio", r, 3, 5), 1))
+                for r in range(3)]
+    assert sorted(k for ks in per_rank for k in ks) == sorted(f"s{i}_{k}" for i, n in enumerate((8, 1, 3))
+                                                             for k in list(members)[:n])
+
+
 # -- exact resume -----------------------------------------------------------------------------------
+def take_on_every_rank(cfg, world, seed, n, kind="audio"):
+    """Loaders of every rank after taking n batches each, and the batches."""
+    loaders = [build_loader(cfg, kind, r, world, seed) for r in range(world)]
+    return loaders, [take(loader, n) for loader in loaders]
+
+
+def saved_states(loaders):
+    return [json.loads(json.dumps(loader.state_dict())) for loader in loaders]  # plain data, as checkpointed
+
+
 @pytest.mark.parametrize("spec, taken, more", [("", 7, 6), ("", 4, 9), ("/shard-000000.tar", 5, 6)])
 def test_resume_continues_the_uninterrupted_stream(shards, spec, taken, more):
-    # 4 shards for 2 ranks x 2 workers: shard split; 1 shard: sample split.
     cfg = config(f"{shards}{spec}", num_workers=2)
     reference = take(build_loader(cfg, "audio", 1, 2, seed=3), taken + more)
-
-    first = build_loader(cfg, "audio", 1, 2, seed=3)
-    take(first, taken)
-    state = json.loads(json.dumps(first.state_dict()))  # plain data, as a checkpoint stores it
-
+    first, _ = take_on_every_rank(cfg, 2, 3, taken)
     resumed = build_loader(cfg, "audio", 1, 2, seed=3)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(saved_states(first))
     continued = take(resumed, more)
     assert keys(continued) == keys(reference[taken:])
     for got, want in zip(continued, reference[taken:]):
@@ -141,38 +165,45 @@ def test_resume_continues_the_uninterrupted_stream(shards, spec, taken, more):
 def test_resume_state_format(shards):
     loader = build_loader(config(shards, num_workers=2), "audio", 0, 1, seed=3)
     take(loader, 3)
-    assert loader.state_dict() == {
-        "version": 1, "kind": "audio", "seed": 3, "rank": 0, "world_size": 1, "num_workers": 2, "batches": 3,
-        "workers": [{"epoch": 0, "position": 8}, {"epoch": 0, "position": 4}]}
+    state = loader.state_dict()
+    assert state["shards"] and len(state["shards"]) == 40
+    assert {k: v for k, v in state.items() if k != "shards"} == {
+        "version": 2, "kind": "audio", "seed": 3, "rank": 0, "world_size": 1, "num_workers": 2,
+        "shuffle_buffer": 8, "batches": 3, "plan": {"readers": 2, "partial": {}},
+        "workers": [{"epoch": 0, "draws": 8, "waiting": []}, {"epoch": 0, "draws": 4, "waiting": []}]}
 
 
-def test_resume_replays_without_decoding(shards, monkeypatch):
+def test_resume_reads_only_the_shuffle_buffer_again(shards, monkeypatch):
     loader = build_loader(config(shards), "audio", 0, 1, seed=0)
     take(loader, 5)
     resumed = build_loader(config(shards), "audio", 0, 1, seed=0)
-    resumed.load_state_dict(loader.state_dict())
-    calls = []
-    decode = AudioExamples.decode
-    monkeypatch.setattr(AudioExamples, "decode", lambda self, *a: calls.append(1) or decode(self, *a))
+    resumed.load_state_dict([loader.state_dict()])
+    reads, decodes = [], []
+    sample, decode = ShardReader.sample, AudioExamples.decode
+    monkeypatch.setattr(ShardReader, "sample", lambda self, n: reads.append(n) or sample(self, n))
+    monkeypatch.setattr(AudioExamples, "decode", lambda self, *a: decodes.append(1) or decode(self, *a))
     take(resumed, 1)
-    assert len(calls) == 4
+    # The 7 samples held in the 8-sample buffer, then one new sample per draw of the batch.
+    assert len(reads) == 7 + 4 and len(decodes) == 4
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(world_size=4), "world_size: saved 2, now 4"),
-    (dict(num_workers=1), "num_workers: saved 2, now 1"),
     (dict(seed=9), "seed: saved 3, now 9"),
+    (dict(spec="/shard-{000000..000002}.tar"), "shards: saved"),
 ])
-def test_resume_with_another_setup_is_a_clear_error(shards, change, message):
-    setup = dict(world_size=2, num_workers=2, seed=3)
-    loader = build_loader(config(shards, num_workers=2), "audio", 0, 2, 3)
-    take(loader, 1)
-    setup.update(change)
-    other = build_loader(config(shards, num_workers=setup["num_workers"]), "audio", 0, setup["world_size"],
-                         setup["seed"])
+def test_resume_with_another_seed_or_shard_set_is_a_clear_error(shards, change, message):
+    loaders, _ = take_on_every_rank(config(shards, num_workers=2), 2, 3, 1)
+    other = build_loader(config(f"{shards}{change.get('spec', '')}", num_workers=2), "audio", 0, 2,
+                         change.get("seed", 3))
     with pytest.raises(DataError, match=message) as err:
-        other.load_state_dict(loader.state_dict())
-    assert "same seed, world size and data.num_workers" in str(err.value)
+        other.load_state_dict(saved_states(loaders))
+    assert "same run.seed and the same shard set" in str(err.value)
+
+
+def test_an_unknown_state_version_is_a_clear_error(shards):
+    loader = build_loader(config(shards), "audio", 0, 1, seed=0)
+    with pytest.raises(DataError, match="state version 1 is not supported"):
+        loader.load_state_dict([{"version": 1, "rank": 0}])
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -228,9 +259,10 @@ def test_truncated_tars_are_counted_and_the_run_goes_on(bad_shards):
     for batch in batches:
         for reason, n in batch["skipped"].items():
             totals[reason] = totals.get(reason, 0) + n
-    # Per epoch: the cut member and the early end of shard 2 (read_error), and the lone .flac
-    # left of the cut sample (missing_member).
-    assert totals == {"read_error": 4, "missing_member": 2}
+    # Per epoch: each sample the manifest lists but the tars lost (4 after the cut inside shard 1,
+    # 3 after the early end of shard 2) is a read_error; the lone member left of the cut sample
+    # is a missing_member.
+    assert totals == {"read_error": 2 * (4 + 3), "missing_member": 2}
 
 
 def test_a_file_that_is_no_tar_is_a_read_error(bad_shards, tmp_path, caplog):
@@ -252,7 +284,7 @@ def test_resume_is_exact_with_bad_samples(bad_shards):
     first = build_loader(cfg, "audio", 0, 1, seed=1)
     take(first, 5)
     resumed = build_loader(cfg, "audio", 0, 1, seed=1)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict([first.state_dict()])
     continued = take(resumed, 11)
     assert keys(continued) == keys(reference[5:])
     assert [b["skipped"] for b in continued] == [b["skipped"] for b in reference[5:]]
@@ -260,8 +292,17 @@ def test_resume_is_exact_with_bad_samples(bad_shards):
 
 def test_unreadable_data_is_a_clear_error_not_a_hang(tmp_path):
     (tmp_path / "shard-000000.tar").write_bytes(b"junk")
+    with pytest.raises(DataError, match="holds 0 readable samples.*shard-000000.tar: cannot read the tar"):
+        build_loader(config(f"{tmp_path}/shard-000000.tar"), "audio", 0, 1, seed=0)
+
+
+def test_a_shard_set_with_nothing_usable_is_a_clear_error_not_a_hang(tmp_path, shards):
+    members = next(iter(shard_members(shards / "shard-000000.tar").values()))
+    with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as writer:
+        for i in range(4):
+            writer.write({"__key__": f"k{i}", "flac": b"not audio", "json": members["json"]})
     loader = build_loader(config(f"{tmp_path}/shard-000000.tar"), "audio", 0, 1, seed=0)
-    with pytest.raises(DataError, match="got no usable sample in epoch 0 from 1 shard"):
+    with pytest.raises(DataError, match="got no usable sample in epoch 0 from its 4 samples"):
         take(loader, 1)
 
 
@@ -340,7 +381,7 @@ def test_token_resume(hand_token_shards):
     first = build_loader(cfg, "tokens", 0, 1, seed=0)
     take(first, 5)
     resumed = build_loader(cfg, "tokens", 0, 1, seed=0)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict([first.state_dict()])
     continued = take(resumed, 4)
     assert keys(continued) == keys(reference[5:])
     assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(continued, reference[5:]))

@@ -15,18 +15,39 @@ class DataConfig:
     shards: str = MISSING
     """Shard set: a directory holding manifest.json (written by data_prep.make_shards), or a
     brace pattern such as ``data/shards/shard-{000000..000099}.tar``."""
+    backend: str = "native"
+    """Reader: ``native`` (aurora's resumable, elastic tar reader) or ``dali`` (NVIDIA DALI's
+    ``fn.readers.webdataset`` + ``fn.decoders.audio``; audio shards only, see aurora.data.dali)."""
+    batching: str = "fixed"
+    """``fixed``: ``batch_size`` examples per micro-batch, each cropped/padded to
+    ``segment_seconds``. ``dynamic``: clips of similar length are batched together up to
+    ``max_seconds_per_batch`` of padded audio (or tokens' seconds), so the batch size varies."""
     batch_size: int = 8
-    """Examples per rank per micro-batch."""
+    """Examples per rank per micro-batch (``batching=fixed``)."""
+    max_seconds_per_batch: float = 32.0
+    """``batching=dynamic``: padded seconds per rank per micro-batch (examples x the longest of
+    them). Must be at least the longest example (``segment_seconds``, or ``context_frames``
+    at the tokens' frame rate)."""
+    bucket_width: float = 0.1
+    """``batching=dynamic``: relative width of a duration bucket; clips batched together differ
+    in length by at most this fraction, which bounds the padding."""
+    dali_device: str = "cpu"
+    """``backend=dali``: where decoding runs after the read: ``cpu`` or ``gpu``."""
+    dali_mel_bins: int = 0
+    """``backend=dali``: when > 0, batches also carry ``mel`` [B, bins, frames], log-mel
+    features computed inside the DALI pipeline (on ``dali_device``)."""
     num_workers: int = 1
-    """DataLoader worker processes per rank; 0 reads in the training process. Exact resume
-    needs the same value (and world size) as the run that saved the checkpoint."""
+    """DataLoader worker processes per rank; 0 reads in the training process. Resuming with
+    the same value and world size replays the exact sample order; another value or world size
+    resumes elastically (the rest of the epoch, re-split: nothing lost, nothing repeated)."""
     shuffle_buffer: int = 100
     """Samples held in each reader's shuffle buffer (0 or 1: shard order only)."""
     sample_rate: int = 16000
     """Audio: target sample rate in Hz; decoded audio at another rate is resampled to it."""
     segment_seconds: float = 1.0
-    """Audio: length of the random crop per example; shorter clips are zero-padded and their
-    valid length is kept in ``lengths``."""
+    """Audio: length of the random crop per example (with ``batching=dynamic``: the longest
+    example; longer clips are cropped); shorter clips are zero-padded and their valid length is
+    kept in ``lengths``."""
     context_frames: int = 256
     """Tokens: codec frames per example (random crop; shorter sequences are zero-padded and
     their valid length is kept in ``lengths``)."""

@@ -1,54 +1,58 @@
-"""The resumable, infinite, per-rank batch stream.
+"""The resumable, elastic, infinite per-rank batch stream.
 
 One *reader* is one DataLoader worker of one rank (``world_size * max(num_workers, 1)``
 readers in all). For each epoch every reader, independently and deterministically:
 
-1. shuffles the shard list with the seed and epoch (the same order on every reader);
-2. takes its part of the data:
-   - *shard split* (at least as many shards as readers): every readers-th shard. Each tar is
-     read once per epoch, but readers whose shards hold more samples have longer epochs;
-   - *sample split* (fewer shards than readers): every shard, keeping every readers-th sample.
-     Every reader gets a share, at the price of each reading all the bytes. Make at least as
-     many shards as readers (ideally many more) for real runs;
-3. streams the raw samples through a seeded shuffle buffer;
-4. decodes, resamples and crops them (the crop from an RNG seeded by seed, epoch and key, so
-   a sample's example never depends on workers or timing) and batches them in the worker.
+1. takes its share of the epoch from the ``EpochPlan`` (aurora.data.plan): a contiguous run of
+   the seeded shard order, equal in samples for every reader (±1), so no reader waits on
+   another however the shards divide;
+2. reads it front to back (aurora.data.tars) through a ``PositionShuffle`` buffer;
+3. decodes, resamples and crops each sample (the crop from an RNG seeded by seed, epoch and
+   key: a sample's example never depends on workers or timing) and batches them: ``fixed``
+   batches of ``batch_size``, or ``dynamic`` batches from duration buckets
+   (aurora.data.buckets) of up to ``max_seconds_per_batch`` padded seconds.
 
-Epochs follow each other without a break (a batch may span two), so every reader, hence
-every rank, always has a next batch, however unevenly the data divides.
+Epochs follow each other without a break (a batch may span two), so every reader, hence every
+rank, always has a next batch.
 
-Exact resume: each batch carries its reader's *cursor* — the epoch and the number of raw
-samples the reader had taken from its shuffle buffer in it. The consumer keeps the cursor of
-the last batch it took from each worker. On resume a worker replays its raw stream and
-shuffle buffer up to its cursor without decoding anything, and continues from there. Raw
-positions rather than batch counts make this exact even when bad samples were dropped.
-The DataLoader takes batches from its workers round-robin, so the worker that delivers
-batch n is n mod num_workers; a resumed loader rotates worker roles to keep that order.
+Resume: each batch carries its reader's *cursor*: the epoch, the number of draws from the
+shuffle buffer in it, and (dynamic batching) the samples drawn but still waiting in a bucket.
+The loader keeps the cursor of the last batch it took from each worker. Resuming with the same
+readers replays exactly: the shuffle's state is recomputed from the cursor without I/O and only
+the buffered and waiting samples are read again. Resuming with another number of readers
+(world size or num_workers) re-plans the epoch in progress: what no reader delivered is split
+over the new readers, then epochs go on as usual (elastic resume; see aurora.data.plan).
+
+The DataLoader takes batches from its workers round-robin, so the worker that delivers batch n
+is n mod num_workers; a resumed loader rotates worker roles to keep that order.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import itertools
 import os
-import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 import torch
-import webdataset as wds
 from omegaconf import MISSING
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from aurora.data.audio import AudioExamples
+from aurora.data.buckets import DurationBuckets
 from aurora.data.config import DataConfig, DataError
 from aurora.data.manifest import resolve_shards
-from aurora.data.skips import BadSample, SkipCounter
-from aurora.data.tars import read_shard
+from aurora.data.plan import EpochPlan, Ranges, normalize
+from aurora.data.shuffle import PositionShuffle
+from aurora.data.skips import READ_ERROR, BadSample, SkipCounter
+from aurora.data.tars import ShardReader, index_shard
 from aurora.data.tokens import TokenExamples
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+OPEN_SHARDS = 4
+"""Shard readers (open files + header indexes) each reader keeps."""
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -57,88 +61,196 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed % 2**64, epoch, digest])
 
 
+def shuffle_seed(seed: int, epoch: int, reader: int) -> str:
+    return f"samples:{seed}:{epoch}:{reader}"
+
+
+@dataclass
+class Cursor:
+    """Where one reader stands after a batch."""
+
+    epoch: int = 0
+    draws: int = 0
+    """Draws from the epoch's shuffle buffer so far."""
+    waiting: list[tuple[int, int]] = field(default_factory=list)
+    """(epoch, global index) of drawn samples not batched yet (dynamic batching's buckets)."""
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "draws": self.draws, "waiting": [list(w) for w in self.waiting]}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Cursor":
+        return Cursor(d["epoch"], d["draws"], [tuple(w) for w in d["waiting"]])
+
+
 class BatchStream(IterableDataset):
     """The batches of one rank; each DataLoader worker runs one reader of it."""
 
-    def __init__(self, urls: list[str], expected: dict[str, int], examples, batch_size: int,
-                 shuffle_buffer: int, seed: int, rank: int, world_size: int, num_workers: int):
+    def __init__(self, urls: list[str], expected: dict[str, int], problems: list[tuple[str, str]],
+                 plan: EpochPlan, examples, batch_size: int, buckets: DurationBuckets | None,
+                 shuffle_buffer: int, seed: int, rank: int, num_workers: int):
         self.urls = urls
         self.expected = expected
+        """Samples per tar listed by the manifest (a tar holding fewer lost the others)."""
+        self.problems = problems
+        """(shard, detail) of tars without a manifest count that cannot be read to their end."""
+        self.plan = plan
         self.examples = examples
         self.batch_size = batch_size
+        self.buckets = buckets
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank = rank
-        self.world_size = world_size
         self.workers = max(num_workers, 1)
-        self.readers = world_size * self.workers
         self.start_batches = 0
         """Batches the consumer had taken when this iteration started (sets worker roles)."""
-        self.start_cursors = [(0, 0)] * self.workers
-        """Per worker role: (epoch, raw position) to continue from."""
+        self.start_cursors = [Cursor() for _ in range(self.workers)]
+        """Per worker role: where to continue from."""
 
-    def __iter__(self) -> Iterator[tuple[int, int, int, dict]]:
+    def __iter__(self) -> Iterator[tuple[int, Cursor, dict]]:
         info = get_worker_info()
         role = ((info.id if info else 0) + self.start_batches) % self.workers
-        yield from self._batches(role, *self.start_cursors[role])
+        reader = _Reader(self, self.rank * self.workers + role)
+        for cursor, batch in reader.batches(self.start_cursors[role]):
+            yield role, cursor, batch
 
-    def _raw_epoch(self, epoch: int, reader: int, counter: SkipCounter) -> Iterator[dict]:
-        """This reader's raw samples of one epoch, shuffled."""
-        order = list(self.urls)
-        random.Random(f"shards:{self.seed}:{epoch}").shuffle(order)
-        if len(order) >= self.readers:
-            raw = itertools.chain.from_iterable(
-                read_shard(url, counter.add, self.expected.get(url)) for url in order[reader:: self.readers])
-        else:
-            raw = itertools.chain.from_iterable(
-                # Every reader reads every shard here; only one of them reports its read errors.
-                read_shard(url, counter.add if i % self.readers == reader else _ignore, self.expected.get(url))
-                for i, url in enumerate(order))
-            raw = itertools.islice(raw, reader, None, self.readers)
-        rng = random.Random(f"samples:{self.seed}:{epoch}:{reader}")
-        return wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer, rng=rng)(raw)
 
-    def _batches(self, role: int, epoch: int, position: int) -> Iterator[tuple[int, int, int, dict]]:
-        reader = self.rank * self.workers + role
-        counter = SkipCounter()
-        pending: list[dict] = []
+class _Reader:
+    """One reader's pipeline: plan share → shuffle → decode → batches."""
+
+    def __init__(self, stream: BatchStream, reader: int):
+        self.s = stream
+        self.plan = stream.plan
+        self.reader = reader
+        self.counter = SkipCounter()
+        self._open: OrderedDict[int, ShardReader] = OrderedDict()
+
+    # -- reading samples ------------------------------------------------------------------------
+    def _shard(self, shard: int) -> ShardReader:
+        if shard not in self._open:
+            url = self.s.urls[shard]
+            self._open[shard] = ShardReader(url, self.s.expected.get(url))
+            if len(self._open) > OPEN_SHARDS:
+                self._open.popitem(last=False)[1].close()
+        self._open.move_to_end(shard)
+        return self._open[shard]
+
+    def fetch(self, epoch: int, index: int) -> dict | BadSample:
+        shard, number = self.plan.locate(epoch, index)
+        reader = self._shard(shard)
+        try:
+            return reader.sample(number)
+        except BadSample as bad:
+            self.counter.add(bad.reason, reader.index.name, bad.detail)
+            return bad
+
+    def draws(self, epoch: int, start: int) -> Iterator[tuple[int, dict | BadSample]]:
+        """(global index, raw sample) of this reader's share of ``epoch`` in shuffled order,
+        from draw number ``start`` on."""
+        share = self.plan.share(epoch, self.reader)
+        shuffle = PositionShuffle(len(share), self.s.shuffle_buffer, shuffle_seed(self.s.seed, epoch, self.reader))
+        shuffle.skip(start)
+        held = {p: self.fetch(epoch, share.index(p)) for p in shuffle.buffer}
+        if start:  # a resumed reader: what it read again was counted before the checkpoint
+            self.counter.take()
+        fetched = shuffle.pulled
+        while (p := shuffle.draw()) is not None:
+            for q in range(fetched, shuffle.pulled):  # read every pulled sample, in file order
+                held[q] = self.fetch(epoch, share.index(q))
+            fetched = shuffle.pulled
+            yield share.index(p), held.pop(p)
+
+    def decode(self, epoch: int, raw: dict) -> dict | None:
+        try:
+            return self.s.examples.decode(raw, sample_rng(self.s.seed, epoch, raw["__key__"]))
+        except BadSample as bad:
+            self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
+            return None
+
+    def measure(self, raw: dict) -> float | None:
+        try:
+            return self.s.examples.seconds(raw)
+        except BadSample as bad:
+            self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
+            return None
+
+    # -- batching -------------------------------------------------------------------------------
+    def batches(self, cursor: Cursor) -> Iterator[tuple[Cursor, dict]]:
+        epoch, draws = cursor.epoch, cursor.draws
+        examples: list[dict] = []  # fixed batching: decoded, not batched yet
+        waiting: dict[int, list[tuple[int, int, dict]]] = {}  # dynamic: bucket → (epoch, index, raw)
+        for e, index in cursor.waiting:
+            raw = self.fetch(e, index)
+            if not isinstance(raw, BadSample) and (seconds := self.measure(raw)) is not None:
+                waiting.setdefault(self.s.buckets.bucket(seconds), []).append((e, index, raw))
         while True:
-            raw = self._raw_epoch(epoch, reader, counter)
-            # A cursor inside the epoch marks the end of a batch: the epoch has usable samples.
-            productive = position > 0
-            if position:
-                # Replay up to the cursor without decoding; what the replay meets was counted before.
-                collections.deque(itertools.islice(raw, position), maxlen=0)
-                counter.take()
-            for sample in raw:
-                position += 1
-                try:
-                    pending.append(self.examples.decode(sample, sample_rng(self.seed, epoch, sample["__key__"])))
-                except BadSample as bad:
-                    counter.add(bad.reason, _shard_name(sample), bad.detail)
+            usable = draws > 0  # a resumed epoch delivered before
+            if draws == 0 and self.reader == 0:
+                for shard, detail in self.s.problems:
+                    self.counter.add(READ_ERROR, shard, detail)
+            for index, raw in self.draws(epoch, draws):
+                draws += 1
+                if isinstance(raw, BadSample):
                     continue
-                productive = True
-                if len(pending) == self.batch_size:
-                    batch = self.examples.collate(pending)
-                    batch["skipped"] = counter.take()
-                    pending = []
-                    yield role, epoch, position, batch
-            if not productive:
+                if self.s.buckets is None:
+                    example = self.decode(epoch, raw)
+                    if example is None:
+                        continue
+                    usable = True
+                    examples.append(example)
+                    if len(examples) == self.s.batch_size:
+                        yield Cursor(epoch, draws), self._collate(examples)
+                        examples = []
+                    continue
+                seconds = self.measure(raw)
+                if seconds is None:
+                    continue
+                usable = True
+                bucket = self.s.buckets.bucket(seconds)
+                members = waiting.setdefault(bucket, [])
+                members.append((epoch, index, raw))
+                if len(members) == self.s.buckets.capacity(bucket):
+                    del waiting[bucket]
+                    decoded = [x for e, _, r in members if (x := self.decode(e, r)) is not None]
+                    if decoded:
+                        pending = [(e, i) for b in sorted(waiting) for e, i, _ in waiting[b]]
+                        yield Cursor(epoch, draws, pending), self._collate(decoded)
+            if not usable and draws > 0:
                 raise DataError(
-                    f"data reader {reader} (rank {self.rank}, worker {role}) got no usable sample in epoch "
-                    f"{epoch} from {len(self.urls)} shard(s): the shards are unreadable (see the warnings "
-                    f"above), or there are fewer samples than the {self.readers} readers "
-                    f"(world_size x num_workers): use fewer data workers"
-                )
-            epoch, position = epoch + 1, 0
+                    f"data reader {self.reader} (rank {self.s.rank}) got no usable sample in epoch {epoch} "
+                    f"from its {draws} samples: the shards are unreadable or corrupt (see the warnings above)")
+            epoch, draws = epoch + 1, 0
+
+    def _collate(self, examples: list[dict]) -> dict:
+        batch = self.s.examples.collate(examples)
+        batch["skipped"] = self.counter.take()
+        return batch
 
 
-def _ignore(reason: str, shard: str, detail: str) -> None:
-    pass
+def leftover(plan: EpochPlan, cursors: dict[int, Cursor], shuffle_buffer: int) -> dict[int, Ranges]:
+    """The samples no reader delivered, per epoch from the earliest one in progress: what an
+    elastic resume must still read before going on with whole epochs."""
+    first = min(c.epoch for c in cursors.values())
+    last = max(c.epoch for c in cursors.values())
+    partial = {e: r for e, r in plan.partial.items() if e > last}
+    for epoch in range(first, last + 1):
+        undelivered: Ranges = []
+        for reader, cursor in cursors.items():
+            share = plan.share(epoch, reader)
+            if cursor.epoch < epoch:
+                undelivered += share.ranges
+            elif cursor.epoch == epoch:
+                shuffle = PositionShuffle(len(share), shuffle_buffer, shuffle_seed(plan.seed, epoch, reader))
+                shuffle.skip(cursor.draws)
+                undelivered += share.indices(shuffle.buffer) + share.tail(shuffle.pulled)
+            undelivered += [(i, i + 1) for e, i in cursor.waiting if e == epoch]
+        partial[epoch] = normalize(undelivered)
+    return partial
 
 
-def _shard_name(sample: dict) -> str:
-    return os.path.basename(sample["__url__"])
+def _shards_digest(urls: list[str], counts: list[int]) -> str:
+    text = "\n".join(f"{os.path.basename(u)} {c}" for u, c in zip(urls, counts))
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 class ResumableLoader:
@@ -147,12 +259,14 @@ class ResumableLoader:
     Each ``iter()`` continues where the batches taken so far (or a loaded state) left off.
     """
 
-    def __init__(self, stream: BatchStream, num_workers: int, kind: str):
+    def __init__(self, stream: BatchStream, num_workers: int, kind: str, world_size: int, digest: str):
         self.stream = stream
         self.num_workers = num_workers
         self.kind = kind
+        self.world_size = world_size
+        self.digest = digest
         self.batches = 0
-        self.cursors = [(0, 0)] * stream.workers
+        self.cursors = [Cursor() for _ in range(stream.workers)]
 
     def __iter__(self) -> Iterator[dict]:
         self.stream.start_batches = self.batches
@@ -160,56 +274,107 @@ class ResumableLoader:
         # Its own generator: creating worker seeds must not draw from the trainer's global RNG.
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(self.stream.seed))
-        for role, epoch, position, batch in loader:
-            self.cursors[role] = (epoch, position)
+        for role, cursor, batch in loader:
+            self.cursors[role] = cursor
             self.batches += 1
             yield batch
 
-    def _identity(self) -> dict:
-        return {"kind": self.kind, "seed": self.stream.seed, "rank": self.stream.rank,
-                "world_size": self.stream.world_size, "num_workers": self.num_workers}
-
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, **self._identity(), "batches": self.batches,
-                "workers": [{"epoch": e, "position": p} for e, p in self.cursors]}
+        """This rank's position (small: cursors, and the plan of epochs left part-done)."""
+        return {"version": STATE_VERSION, "kind": self.kind, "seed": self.stream.seed, "shards": self.digest,
+                "rank": self.stream.rank, "world_size": self.world_size, "num_workers": self.num_workers,
+                "shuffle_buffer": self.stream.shuffle_buffer, "batches": self.batches,
+                "plan": self.stream.plan.state_dict(), "workers": [c.to_dict() for c in self.cursors]}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, states: list[dict]) -> None:
+        """Continue from the states of *every* rank of the run that saved (``state_dict`` of
+        each): exactly, with the same world size and workers; elastically otherwise."""
+        states = sorted(states, key=lambda s: s.get("rank", 0))
+        for state in states:
+            self._check(state)
+        saved = states[0]
+        plan = self.stream.plan
+        if saved["world_size"] == self.world_size and saved["num_workers"] == self.num_workers \
+                and saved["shuffle_buffer"] == self.stream.shuffle_buffer:
+            own = states[self.stream.rank]
+            plan.partial = EpochPlan.partial_from_state(own["plan"])
+            self.batches = own["batches"]
+            self.cursors = [Cursor.from_dict(w) for w in own["workers"]]
+            return
+        old_workers = max(saved["num_workers"], 1)
+        old_plan = EpochPlan(plan.counts, plan.seed, len(states) * old_workers,
+                             EpochPlan.partial_from_state(saved["plan"]))
+        cursors = {s["rank"] * old_workers + role: Cursor.from_dict(w)
+                   for s in states for role, w in enumerate(s["workers"])}
+        plan.partial = leftover(old_plan, cursors, saved["shuffle_buffer"])
+        first = min(plan.partial)
+        self.batches = 0
+        self.cursors = [Cursor(first, 0) for _ in self.cursors]
+
+    def _check(self, state: dict) -> None:
+        if state.get("backend") == "dali":
+            raise DataError("this checkpoint's data position was saved by data.backend=dali: resume with "
+                            "data.backend=dali (the two readers' positions do not translate)")
         if state.get("version") != STATE_VERSION:
             raise DataError(f"data loader state version {state.get('version')!r} is not supported "
-                            f"(supports {STATE_VERSION})")
-        mismatched = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
-        if mismatched:
-            details = ", ".join(f"{k}: saved {saved!r}, now {now!r}" for k, (saved, now) in mismatched.items())
-            raise DataError(
-                f"cannot resume the data stream exactly ({details}): resume with the same seed, world "
-                f"size and data.num_workers as the run that saved the checkpoint (elastic resume is "
-                f"not supported yet)"
-            )
-        self.batches = state["batches"]
-        self.cursors = [(w["epoch"], w["position"]) for w in state["workers"]]
+                            f"(supports {STATE_VERSION}): this checkpoint's data position cannot be used")
+        now = {"kind": self.kind, "seed": self.stream.seed, "shards": self.digest}
+        changed = {k: (state[k], v) for k, v in now.items() if state[k] != v}
+        if changed:
+            details = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in changed.items())
+            raise DataError(f"cannot resume the data stream ({details}): resume with the same run.seed and "
+                            f"the same shard set (data.shards) as the run that saved the checkpoint")
 
 
-def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int) -> ResumableLoader:
+def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int):
     """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio" or "tokens")."""
     _check(cfg, kind, rank, world_size)
     urls, manifest = resolve_shards(cfg.shards)
-    expected = {}
-    if manifest is not None:
-        if manifest["kind"] != kind:
-            raise DataError(f"data.shards {cfg.shards!r} holds {manifest['kind']} shards, but this task "
-                            f"trains on {kind}: point data.shards at {kind} shards")
-        counts = {shard["name"]: shard["samples"] for shard in manifest["shards"]}
-        expected = {url: counts[os.path.basename(url)] for url in urls if os.path.basename(url) in counts}
+    if manifest is not None and manifest["kind"] != kind:
+        raise DataError(f"data.shards {cfg.shards!r} holds {manifest['kind']} shards, but this task "
+                        f"trains on {kind}: point data.shards at {kind} shards")
+    if cfg.backend == "dali":
+        from aurora.data.dali import build_dali_loader
+
+        return build_dali_loader(cfg, kind, rank, world_size, seed, urls, manifest)
+    listed = {s["name"]: s["samples"] for s in manifest["shards"]} if manifest else {}
+    expected = {url: listed[os.path.basename(url)] for url in urls if os.path.basename(url) in listed}
+    # Without a manifest the sample counts come from walking every tar's headers once; what
+    # cannot be read there has no count to be lost from, so it is reported once per epoch.
+    counts, problems = [], []
+    for url in urls:
+        if url in expected:
+            counts.append(expected[url])
+            continue
+        index = index_shard(url)
+        counts.append(len(index.samples))
+        if index.problem:
+            problems.append((index.name, index.problem))
+    readers = world_size * max(cfg.num_workers, 1)
+    if sum(counts) < readers:
+        unreadable = f"; {len(problems)} shard(s) cannot be read, e.g. {': '.join(problems[0])}" if problems else ""
+        raise DataError(
+            f"data.shards {cfg.shards!r} holds {sum(counts)} readable samples, fewer than the {readers} readers "
+            f"(world_size x data.num_workers){unreadable}: use fewer data workers, or more (readable) data")
+    dynamic = cfg.batching == "dynamic"
     if kind == "audio":
-        examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds)
+        examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds, pad_to_longest=dynamic)
+        longest = cfg.segment_seconds
     else:
         if manifest is None or not isinstance(manifest.get("n_q"), int):
             raise DataError(f"token shards {cfg.shards!r} need a manifest.json with n_q (the number of "
                             f"codebooks): re-create them with the tokenizer")
-        examples = TokenExamples(manifest["n_q"], cfg.context_frames)
-    stream = BatchStream(urls, expected, examples, cfg.batch_size, cfg.shuffle_buffer, seed, rank,
-                         world_size, cfg.num_workers)
-    return ResumableLoader(stream, cfg.num_workers, kind)
+        frame_rate = manifest.get("frame_rate")
+        if dynamic and not isinstance(frame_rate, (int, float)):
+            raise DataError(f"data.batching=dynamic measures token examples in seconds, but {cfg.shards!r}'s "
+                            f"manifest has no frame_rate: re-create the token shards with data_prep.tokenize")
+        examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic)
+        longest = cfg.context_frames / frame_rate if dynamic else 0.0
+    buckets = DurationBuckets(longest, cfg.max_seconds_per_batch, cfg.bucket_width) if dynamic else None
+    plan = EpochPlan(counts, seed, readers)
+    stream = BatchStream(urls, expected, problems, plan, examples, cfg.batch_size, buckets, cfg.shuffle_buffer,
+                         seed, rank, cfg.num_workers)
+    return ResumableLoader(stream, cfg.num_workers, kind, world_size, _shards_digest(urls, counts))
 
 
 def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:
@@ -220,8 +385,13 @@ def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:
                         "pattern, e.g. data.shards=data/shards")
     if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is outside world_size {world_size}")
+    choices = {"backend": ("native", "dali"), "batching": ("fixed", "dynamic")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise DataError(f"data.{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
     positive = {"batch_size": cfg.batch_size, "sample_rate": cfg.sample_rate,
-                "segment_seconds": cfg.segment_seconds, "context_frames": cfg.context_frames}
+                "segment_seconds": cfg.segment_seconds, "context_frames": cfg.context_frames,
+                "max_seconds_per_batch": cfg.max_seconds_per_batch}
     for name, value in positive.items():
         if not value > 0:
             raise DataError(f"data.{name} must be > 0, got {value}")

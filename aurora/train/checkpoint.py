@@ -2,12 +2,15 @@
 
 Layout of ``RUN/checkpoints``::
 
-    step_00000004/        DCP files (model, optimizer, scheduler, step) + rank_00000.pt ...
+    step_00000004/        DCP files (model, optimizer, scheduler, step), rank_00000.pt ...,
+                          shared.pt
     latest                name of the newest complete checkpoint directory
 
 A save is written into ``step_N.tmp`` and renamed once every rank has finished; ``latest``
 moves only after that rename, so a crash mid-save never leaves it pointing at a partial one.
-The per-rank files hold what differs between ranks: RNG states and the data stream position.
+The per-rank files hold what differs between ranks and only fits that rank (RNG states, recipe
+state); ``shared.pt`` holds what every rank of a resumed job may need from all the saving
+ranks (each one's data stream position, for an elastic resume on another world size).
 """
 
 import os
@@ -30,6 +33,9 @@ def step_dirname(step: int) -> str:
 
 def _rank_file(path: Path, rank: int) -> Path:
     return path / f"rank_{rank:05d}.pt"
+
+
+SHARED_FILE = "shared.pt"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -60,7 +66,8 @@ class Checkpointer:
             return None
         return resolve_checkpoint(self.dir.parent)
 
-    def save(self, step: int, app_state: dict, rank_state: dict) -> Path:
+    def save(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> Path:
+        """``shared_state`` is written by the main rank alone."""
         final = self.dir / step_dirname(step)
         tmp = final.with_name(final.name + ".tmp")
         if self.env.is_main:
@@ -69,6 +76,8 @@ class Checkpointer:
         barrier()
         dcp.save(app_state, checkpoint_id=tmp)
         torch.save(rank_state, _rank_file(tmp, self.env.rank))
+        if self.env.is_main:
+            torch.save(shared_state, tmp / SHARED_FILE)
         barrier()
         if self.env.is_main:
             shutil.rmtree(final, ignore_errors=True)
@@ -79,17 +88,20 @@ class Checkpointer:
         barrier()
         return final
 
-    def load(self, path: Path, app_state: dict) -> dict:
-        """Fill ``app_state`` in place from ``path``; return this rank's own state."""
-        rank_file = _rank_file(path, self.env.rank)
-        if not rank_file.is_file():
-            saved = len(list(path.glob("rank_*.pt")))
-            raise RuntimeError(
-                f"{path} was saved by {saved} ranks and this job has {self.env.world_size}: "
-                "resume with the same number of processes"
-            )
+    def saved_world_size(self, path: Path) -> int:
+        return len(list(path.glob("rank_*.pt")))
+
+    def load(self, path: Path, app_state: dict) -> tuple[dict, dict]:
+        """Fill ``app_state`` in place from ``path`` (DCP reshards it to this world size);
+        return (the rank state saved by this rank, or by ``rank % saved world size`` when the
+        world size changed; the shared state)."""
+        saved = self.saved_world_size(path)
+        if saved == 0 or not (path / SHARED_FILE).is_file():
+            raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
+                                    f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
         dcp.load(app_state, checkpoint_id=path)
-        return torch.load(rank_file, weights_only=False)
+        rank_state = torch.load(_rank_file(path, self.env.rank % saved), weights_only=False)
+        return rank_state, torch.load(path / SHARED_FILE, weights_only=False)
 
 
 def load_model_weights(model: nn.Module, path: str | Path) -> Path:

@@ -1,7 +1,9 @@
 """The training loop: the same for every recipe and every engine.
 
-One optimizer step = ``grad_accum_steps`` micro-batches (gradients synchronised on the last
-only) → clip by value, then by norm → one all-reduce that tells every rank whether any rank
+One optimizer step = ``grad_accum_steps`` micro-batches, fetched first (one small all-reduce
+sums their valid units over ranks, so each micro-batch's loss is weighted by its share of the
+step: batches of any size count fairly) → forward/backward each (gradients synchronised on the
+last only) → clip by value, then by norm → one all-reduce that tells every rank whether any rank
 saw a non-finite loss or gradient (then all skip the update together) → LR schedule →
 metrics → checkpoint.
 """
@@ -39,6 +41,15 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+VALID_UNITS, PADDED_UNITS = "_valid_units", "_padded_units"
+
+
+def _padding_units(batch: dict) -> dict[str, float]:
+    """Valid and padded samples (audio) or frames (tokens) of a batch, for the padding fraction."""
+    padded = batch["audio"] if "audio" in batch else batch["codes"]
+    return {VALID_UNITS: float(batch["lengths"].sum()), PADDED_UNITS: float(len(batch["lengths"]) * padded.shape[-1])}
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
@@ -80,43 +91,63 @@ class Trainer:
         return {"model": model_state, "optim": optim_state, "trainer": trainer_state}
 
     def save(self) -> Path:
-        rank_state = {"rng": rng_state(), "data": self.loader.state_dict(),
-                      "skipped_samples": dict(self.skipped_samples), "task": self.task.state_dict()}
-        return self.checkpointer.save(self.step, self._app_state(), rank_state)
+        rank_state = {"rng": rng_state(), "task": self.task.state_dict()}
+        shared = [None] * self.env.world_size
+        dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
+        shared_state = {"world_size": self.env.world_size, "ranks": shared}
+        return self.checkpointer.save(self.step, self._app_state(), rank_state, shared_state)
 
     def resume(self, path: Path) -> None:
         app_state = self._app_state()
-        rank_state = self.checkpointer.load(path, app_state)
+        rank_state, shared = self.checkpointer.load(path, app_state)
         self.engine.load_state_dict(self.model, self.optimizer, app_state["model"], app_state["optim"])
         self.scheduler.load_state_dict(app_state["trainer"]["scheduler"])
         self.step = app_state["trainer"]["step"]
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
-        self.skipped_samples = Counter(rank_state["skipped_samples"])
-        self.loader.load_state_dict(rank_state["data"])
+        self.loader.load_state_dict([r["data"] for r in shared["ranks"]])
         self.task.load_state_dict(rank_state["task"])
-        set_rng_state(rank_state["rng"])
+        if shared["world_size"] == self.env.world_size:
+            self.skipped_samples = Counter(shared["ranks"][self.env.rank]["skipped_samples"])
+            set_rng_state(rank_state["rng"])
+            return
+        # Elastic: the data stream re-split the rest of the epoch; totals stay on rank 0, and
+        # each rank draws fresh random numbers (no rank's saved stream fits the new layout).
+        self.skipped_samples = Counter()
+        if self.env.is_main:
+            for r in shared["ranks"]:
+                self.skipped_samples.update(r["skipped_samples"])
+            print(f"elastic resume: {shared['world_size']} ranks saved {path.name}, {self.env.world_size} "
+                  f"continue it; the rest of the data epoch is re-split over them", flush=True)
+        seed_everything(self.cfg.run.seed + 1_000_003 * (self.step + 1) + self.env.rank)
 
     # -- one optimizer step -------------------------------------------------------------------
     def train_step(self, data_iter) -> dict[str, float]:
         cfg = self.cfg.trainer
         accum = cfg.grad_accum_steps
         started = time.perf_counter()
-        data_wait = 0.0
-        loss_sum = torch.zeros((), device=self.env.device)
-        metric_sums: dict[str, torch.Tensor] = {}
-        items: Counter = Counter()
-        for micro in range(accum):
-            waited = time.perf_counter()
+        batches, items = [], Counter()
+        for _ in range(accum):
             batch = next(data_iter)
-            data_wait += time.perf_counter() - waited
             self.skipped_samples.update(batch.pop("skipped", {}))
             items.update(self.task.batch_items(batch))
+            items.update(_padding_units(batch))
+            batches.append(batch)
+        data_wait = time.perf_counter() - started
+        # Batches differ in size (dynamic batching, padding): weight each micro-batch's mean loss
+        # by its valid units (samples/frames), so the step's gradient is the mean over every
+        # valid unit of every rank, however the units fell into batches.
+        units = [float(b["lengths"].sum()) for b in batches]
+        total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
+        loss_sum = torch.zeros((), device=self.env.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(batches):
+            weight = units[micro] * self.env.world_size / total_units
             batch = _to_device(batch, self.env.device)
             with self.engine.gradient_sync(self.model, enabled=micro == accum - 1), self.engine.autocast():
                 loss, metrics = self.task.loss(self.model, batch)
                 loss = maybe_poison_loss(loss, self.step + 1, self.env.rank)
-                self.engine.backward(loss / accum)
-            loss_sum += loss.detach().float()
+                self.engine.backward(loss * weight)
+            loss_sum += loss.detach().float() * units[micro]
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
 
@@ -125,7 +156,7 @@ class Trainer:
         names = sorted(metric_sums)
         item_names = sorted(items)
         local = torch.stack(
-            [loss_sum / accum, (~torch.isfinite(loss_sum)).float()]
+            [loss_sum / total_units, (~torch.isfinite(loss_sum)).float()]
             + [metric_sums[n] / accum for n in names]
             + [torch.tensor(float(items[n]), device=self.env.device) for n in item_names]
         )
@@ -143,12 +174,15 @@ class Trainer:
         task_metrics = self.task.after_step(self.model, self.engine, self.step)
 
         elapsed = time.perf_counter() - started
-        out = {"loss": summed[0] / world, "lr": lr, "grad_norm": grad_norm.item(),
+        out = {"loss": summed[0], "lr": lr, "grad_norm": grad_norm.item(),
                "step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps}
         for i, name in enumerate(names):
             out[name] = summed[2 + i] / world
-        for i, name in enumerate(item_names):
-            out[f"throughput/{name}_per_s"] = summed[2 + len(names) + i] / elapsed
+        totals = dict(zip(item_names, summed[2 + len(names):]))
+        valid, padded = totals.pop(VALID_UNITS), totals.pop(PADDED_UNITS)
+        out["data/padding_fraction"] = 1.0 - valid / padded
+        for name, total in totals.items():
+            out[f"throughput/{name}_per_s"] = total / elapsed
         out.update(task_metrics)
         return out
 
