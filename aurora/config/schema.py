@@ -61,6 +61,9 @@ class TrainerConfig:
     """Write a metrics line every N steps."""
     progress_bar: bool = True
     """Show a tqdm progress bar on rank 0."""
+    record_sample_keys: bool = False
+    """Append the keys of the samples each rank trains on to RUN/sample_keys/rank_NNNNN.jsonl
+    (one ``{"step", "keys"}`` line per step): an audit of data order across resumes."""
 
 
 @dataclass

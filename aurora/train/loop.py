@@ -52,8 +52,11 @@ def _padding_units(batch: dict) -> dict[str, float]:
     return {VALID_UNITS: float(batch["lengths"].sum()), PADDED_UNITS: float(len(batch["lengths"]) * padded.shape[-1])}
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from: they will be logged again."""
+KEYS_DIR = "sample_keys"
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop the JSON lines of a log written after the checkpoint we resume from: they come again."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
@@ -133,6 +136,8 @@ class Trainer:
             items.update(_padding_units(batch))
             batches.append(batch)
         data_wait = time.perf_counter() - started
+        if self.cfg.trainer.record_sample_keys:
+            self._record_keys([k for b in batches for k in b["keys"]])
         # Batches differ in size (dynamic batching, padding): weight each micro-batch's mean loss
         # by its valid units (samples/frames), so the step's gradient is the mean over every
         # valid unit of every rank, however the units fell into batches.
@@ -186,6 +191,12 @@ class Trainer:
         out.update(task_metrics)
         return out
 
+    def _record_keys(self, keys: list[str]) -> None:
+        path = self.run_dir / KEYS_DIR / f"rank_{self.env.rank:05d}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps({"step": self.step + 1, "keys": keys}) + "\n")
+
     def _gather_skipped_samples(self) -> dict[str, float]:
         per_rank = [None] * self.env.world_size
         dist.all_gather_object(per_rank, dict(self.skipped_samples))
@@ -202,7 +213,9 @@ class Trainer:
             self.resume(latest)
             if self.env.is_main:
                 print(f"resumed from {latest} at step {self.step}", flush=True)
-                _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+                for path in [self.run_dir / "metrics.jsonl", *(self.run_dir / KEYS_DIR).glob("rank_*.jsonl")]:
+                    _truncate_log(path, self.step)
+            barrier()
         logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(OmegaConf.structured(self.cfg)),
                                self.env.is_main, self.step, cfg.max_steps, cfg.progress_bar)
         data_iter = iter(self.loader)
