@@ -1,184 +1,194 @@
 """Pack a corpus into WebDataset audio shards.
 
-    python -m data_prep.make_shards --manifest DIR/metadata.jsonl --out SHARDS
-                                    [--samples-per-shard 64] [--sample-rate R]
+    python -m data_prep.make_shards --input PATH --out SHARDS [--workers N]
+        [--sample-rate HZ] [--channels 1|2] [--min-seconds S] [--max-seconds S] [--too-long cut|drop]
+        [--shard-mb MB] [--samples-per-shard N] [--layout auto|jsonl|ljspeech|libritts|folder] [--corpus NAME]
 
-The manifest is JSON lines: ``path`` (relative to the manifest's directory, or absolute) and
-optionally ``text``, ``source`` and any other fields. Each clip becomes ``KEY.flac`` +
-``KEY.json`` in ``SHARDS/shard-000000.tar``, ...; the json holds ``text``, ``duration``,
-``sample_rate``, ``source``, ``path`` and the manifest's other fields. FLAC sources are stored
-as they are unless ``--sample-rate`` asks for resampling; others are encoded to FLAC.
+``--input`` is what users have (the layout is recognised by itself, see data_prep.layouts): a
+JSON-lines manifest (``--manifest FILE`` is the same as ``--input FILE``), an LJSpeech folder
+(metadata.csv + wavs/), a LibriTTS tree (SPEAKER/CHAPTER/ID.wav + ID.normalized.txt) or a plain
+folder of audio files. Each clip becomes ``KEY.flac`` + ``KEY.json`` in
+``SHARDS/shard-000000.tar``, ...; the json holds ``text``, ``duration``, ``sample_rate``,
+``channels``, ``source``, ``corpus``, ``path``, ``speaker``/``language`` when known and the
+listing's other fields (see data_prep.clips). Clips are resampled to ``--sample-rate`` (default:
+each keeps its own), downmixed to mono or made stereo (``--channels``), cut into pieces at quiet
+points when longer than ``--max-seconds`` (data_prep.segment; ``KEY_segNNN``) and dropped when
+shorter than ``--min-seconds``. A shard is closed when the next clip would take it past
+``--shard-mb`` megabytes (or ``--samples-per-shard`` clips).
 
-A clip that cannot be used (missing, undecodable, empty, a bad manifest line) is skipped and
-listed with its error in ``SHARDS/skipped.jsonl``; the job goes on. ``SHARDS/manifest.json``
-describes the result (see aurora.data.manifest).
+A clip that cannot be used (missing, undecodable, too short, a bad listing line) is skipped
+and listed with its reason and error in ``SHARDS/skipped.jsonl``; the job goes on.
+``SHARDS/manifest.json`` describes the result (see aurora.data.manifest) and adds ``clips``,
+``skipped`` and ``skipped_by_reason``.
 
-The job is three steps — read the corpus listing (``read_listing``), turn one entry into a
-sample (``load_clip``, a pure function), write samples into shards (``write_shards``) — so
-other corpus layouts, segmenting and parallel workers can replace one step each.
+The same input gives byte-identical shards, whatever ``--workers``. An interrupted run is
+resumed by running the same command again (data_prep.shard_writer): finished shards are kept,
+the rest is rewritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
-import itertools
 import json
-import os
-import re
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
-import numpy as np
-import soundfile as sf
-import torch
-import torchaudio.functional as AF
-import webdataset as wds
 from tqdm import tqdm
 
-from aurora.data.manifest import MANIFEST_NAME, write_manifest
+from aurora.data.manifest import write_manifest
+from data_prep import layouts
+from data_prep.clips import ClipOptions, load_entry, worker_died
+from data_prep.layouts import LAYOUTS, make_key
+from data_prep.parallel import ordered_map
+from data_prep.shard_writer import SHARD_PATTERN, SKIPPED_NAME, TAR_MTIME, ResumeError, ShardWriter
 
-SHARD_PATTERN = "shard-%06d.tar"
-SKIPPED_NAME = "skipped.jsonl"
-TAR_MTIME = 0.0
-"""Member timestamp in the tars, fixed so that the same input gives byte-identical shards."""
-HIGH_RES_SUBTYPES = {"PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
-"""Source subtypes re-encoded as 24-bit FLAC; everything else becomes 16-bit."""
+__all__ = ["main", "make_key", "SHARD_PATTERN", "SKIPPED_NAME", "TAR_MTIME"]
 
-
-class ClipError(Exception):
-    """An entry that cannot become a sample; the message says why."""
-
-
-def read_listing(manifest: Path) -> list[tuple[int, dict | ClipError]]:
-    """``(line number, entry)`` per non-blank line of a JSON-lines manifest; a bad line gives a
-    ClipError in place of its entry."""
-    entries = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exn:
-            entries.append((number, ClipError(f"not valid JSON: {exn}")))
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            entries.append((number, ClipError("not a JSON object with a string 'path'")))
-            continue
-        entries.append((number, entry))
-    return entries
-
-
-def make_key(path: str) -> str:
-    """A WebDataset key from a clip path: no extension, no dots, separators as '__'."""
-    stem = os.path.splitext(path.lstrip("/"))[0]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", stem.replace("/", "__"))
-
-
-def load_clip(entry: dict, root: Path, sample_rate: int | None, default_source: str) -> dict:
-    """The sample ``{"__key__", "flac": bytes, "json": dict}`` for one manifest entry."""
-    path = root / entry["path"]
-    if not isinstance(entry.get("text", ""), str):
-        raise ClipError(f"{entry['path']}: 'text' must be a string, got {entry['text']!r}")
-    if not path.is_file():
-        raise ClipError(f"{path}: file not found")
-    try:
-        info = sf.info(path)
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (RuntimeError, ValueError, TypeError) as exn:
-        raise ClipError(f"{path}: cannot decode audio: {exn}") from None
-    if len(audio) == 0:
-        raise ClipError(f"{path}: no audio samples")
-    if info.format == "FLAC" and sample_rate in (None, rate):
-        flac = path.read_bytes()
-    else:
-        if sample_rate not in (None, rate):
-            audio = AF.resample(torch.from_numpy(audio.T), rate, sample_rate).T.numpy()
-            rate = sample_rate
-        flac = encode_flac(audio, rate, "PCM_24" if info.subtype in HIGH_RES_SUBTYPES else "PCM_16")
-    extra = {k: v for k, v in entry.items() if k not in ("text", "duration", "sample_rate", "source", "path")}
-    meta = {"text": entry.get("text", ""), "duration": len(audio) / rate, "sample_rate": rate,
-            "source": entry.get("source", default_source), "path": entry["path"], **extra}
-    return {"__key__": make_key(entry["path"]), "flac": flac, "json": meta}
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.make_shards", description=__doc__.split("\n\n")[0])
+    source = parser.add_argument_group("input")
+    source.add_argument("--input", type=Path, metavar="PATH", help="the corpus: a .jsonl/.json manifest, an LJSpeech folder, "
+                                                   "a LibriTTS tree or a folder of audio files")
+    source.add_argument("--manifest", type=Path, metavar="FILE", help="a JSON-lines manifest (same as --input FILE)")
+    source.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS), help="how --input is laid out (default: auto, recognised by itself)")
+    source.add_argument("--corpus", default=None, metavar="NAME",
+                        help="corpus name stored as 'corpus' (and as 'source' where the listing names none); "
+                             "default: the input's directory name")
+    parser.add_argument("--out", required=True, type=Path, metavar="SHARDS",
+                        help="output directory for the shards; run the same command again to resume")
+    audio = parser.add_argument_group("audio")
+    audio.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                       help="resample every clip to this rate (default: keep each source's rate)")
+    audio.add_argument("--channels", type=int, default=1, choices=(1, 2),
+                       help="1: average all channels to mono; 2: keep stereo, mono duplicated to 2 channels (default: 1)")
+    audio.add_argument("--min-seconds", type=float, default=0.1, metavar="S",
+                       help="drop clips (and pieces of cut recordings) shorter than this, as too_short (default: 0.1)")
+    audio.add_argument("--max-seconds", type=float, default=30.0, metavar="S",
+                       help="cut longer recordings into pieces at quiet points, or drop them with --too-long drop "
+                            "(default: 30)")
+    audio.add_argument("--too-long", default="cut", choices=("cut", "drop"),
+                       help="what to do with recordings longer than --max-seconds (default: cut)")
+    output = parser.add_argument_group("shards")
+    output.add_argument("--shard-mb", type=float, default=256.0, metavar="MB",
+                        help="close a shard when the next clip would take it past this many megabytes (10^6 bytes; "
+                             "default: 256)")
+    output.add_argument("--samples-per-shard", type=int, default=None, metavar="N",
+                        help="also close a shard at this many clips (default: no limit)")
+    output.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes decoding and encoding clips; the shards do not depend on it (default: 1)")
+    return parser
 
 
-def encode_flac(audio: np.ndarray, sample_rate: int, subtype: str) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format="FLAC", subtype=subtype)
-    return buffer.getvalue()
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve --manifest into --input, and reject bad values with parser.error (exit code 2)."""
+    if args.input is not None and args.manifest is not None:
+        parser.error("give the corpus once: --input PATH (--manifest FILE is the same as --input FILE)")
+    if args.manifest is not None:
+        if not args.manifest.is_file():
+            parser.error(f"--manifest {args.manifest} does not exist (e.g. DIR/metadata.jsonl from data_prep.synth)")
+        if args.layout not in ("auto", "jsonl"):
+            parser.error(f"--manifest is a JSON-lines manifest; it cannot have --layout {args.layout}")
+        args.input, args.layout = args.manifest, "jsonl"
+    if args.input is None:
+        parser.error("the corpus is required: --input PATH (a .jsonl manifest, an LJSpeech folder, a LibriTTS "
+                     "tree or a folder of audio files)")
+    if not args.input.exists():
+        parser.error(f"--input {args.input} does not exist")
+    if args.sample_rate is not None and args.sample_rate < 1:
+        parser.error(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")
+    if not args.min_seconds >= 0:
+        parser.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
+    if not args.max_seconds > 0:
+        parser.error(f"--max-seconds must be > 0, got {args.max_seconds}")
+    if args.min_seconds >= args.max_seconds:
+        parser.error(f"--min-seconds ({args.min_seconds}) must be less than --max-seconds ({args.max_seconds})")
+    if not args.shard_mb > 0:
+        parser.error(f"--shard-mb must be > 0, got {args.shard_mb}")
+    if args.samples_per_shard is not None and args.samples_per_shard < 1:
+        parser.error(f"--samples-per-shard must be at least 1, got {args.samples_per_shard}")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a directory")
 
 
-def write_shards(samples: Iterable[dict], out_dir: Path, samples_per_shard: int) -> tuple[list[dict], set[int]]:
-    """Write samples into ``out_dir/shard-NNNNNN.tar``; return the manifest's shard entries and
-    the sample rates met."""
-    samples = iter(samples)
-    first = next(samples, None)
-    if first is None:  # no empty shard-000000.tar
-        return [], set()
-    stats: dict[str, dict] = {}
-    keys: set[str] = set()
-    rates: set[int] = set()
-    with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=samples_per_shard, verbose=0,
-                         mtime=TAR_MTIME) as writer:
-        for sample in itertools.chain([first], samples):
-            if sample["__key__"] in keys:  # distinct paths that sanitise alike
-                digest = hashlib.sha1(sample["json"]["path"].encode()).hexdigest()[:8]
-                sample["__key__"] = f"{sample['__key__']}_{digest}"
-            keys.add(sample["__key__"])
-            writer.write(sample)
-            shard = stats.setdefault(writer.fname, {"name": os.path.basename(writer.fname), "samples": 0,
-                                                    "seconds": 0.0})
-            shard["samples"] += 1
-            shard["seconds"] += sample["json"]["duration"]
-            rates.add(sample["json"]["sample_rate"])
-    return [{**shard, "seconds": round(shard["seconds"], 3)} for shard in stats.values()], rates
+def fingerprint(args: argparse.Namespace, corpus: layouts.Corpus) -> dict:
+    """What makes the output what it is: the settings and a digest of the input listing."""
+    settings = {"input": str(args.input.resolve()), "layout": corpus.layout, "corpus": corpus.name,
+                "sample_rate": args.sample_rate, "channels": args.channels, "min_seconds": args.min_seconds,
+                "max_seconds": args.max_seconds, "too_long": args.too_long, "shard_mb": args.shard_mb,
+                "samples_per_shard": args.samples_per_shard}
+    digest = hashlib.sha256()
+    for entry in corpus.entries:
+        digest.update(json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
+    return {"settings": settings, "listing": digest.hexdigest()}
 
 
-def usable_samples(entries: list[tuple[int, dict | ClipError]], root: Path, sample_rate: int | None,
-                   skipped: list[dict]) -> Iterator[dict]:
-    """The samples of the entries that load; the others go to ``skipped`` with their error."""
-    for number, entry in tqdm(entries, desc="shards", unit="clip"):
-        if isinstance(entry, ClipError):
-            skipped.append({"line": number, "path": None, "error": str(entry)})
-            continue
-        try:
-            sample = load_clip(entry, root, sample_rate, default_source=root.name)
-        except ClipError as exn:
-            skipped.append({"line": number, "path": entry["path"], "error": str(exn)})
-            continue
-        yield sample
+def write(entries: list[dict], results: Iterable[tuple[list[dict], list[dict]]], writer: ShardWriter,
+          total: int) -> None:
+    """Feed each entry's samples and skips to the writer, from the writer's resume position on."""
+    start = writer.position
+    with tqdm(total=total, initial=start.entry, unit="file", desc="make_shards", mininterval=1.0) as bar:
+        for entry, (samples, skips) in zip(entries, results):
+            first = start.sample if entry["index"] == start.entry else 0
+            for number in range(first, len(samples)):
+                writer.add(samples[number], entry["index"], number)
+            writer.skip(skips)
+            bar.update(1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m data_prep.make_shards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifest", required=True, type=Path, help="JSON-lines corpus listing")
-    parser.add_argument("--out", required=True, type=Path, help="output directory for the shards")
-    parser.add_argument("--samples-per-shard", type=int, default=64, help="samples per tar (default 64)")
-    parser.add_argument("--sample-rate", type=int, default=None, help="resample every clip to this rate (Hz)")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.manifest.is_file():
-        parser.error(f"--manifest {args.manifest} does not exist (e.g. DIR/metadata.jsonl from data_prep.synth)")
-    if args.samples_per_shard < 1:
-        parser.error(f"--samples-per-shard must be at least 1, got {args.samples_per_shard}")
-    if args.sample_rate is not None and args.sample_rate < 1:
-        parser.error(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")
-    if (args.out / MANIFEST_NAME).exists() or any(args.out.glob("shard-*.tar")):
-        parser.error(f"--out {args.out} already holds shards: choose a new directory or delete them first")
-    args.out.mkdir(parents=True, exist_ok=True)
+    check_args(parser, args)
+    try:
+        corpus = layouts.read_corpus(args.input, args.layout, args.corpus)
+    except (layouts.LayoutError, OSError, UnicodeDecodeError) as exn:
+        parser.error(str(exn))
+    options = ClipOptions(args.sample_rate, args.channels, args.min_seconds, args.max_seconds, args.too_long,
+                          corpus.name)
+    try:
+        writer = ShardWriter(args.out, fingerprint(args, corpus), round(args.shard_mb * 1e6), args.samples_per_shard)
+    except ResumeError as exn:
+        parser.error(str(exn))
+    total = len(corpus.entries)
+    start = writer.position
+    if writer.resumed:
+        print(f"make_shards: resuming in {args.out}: {len(writer.totals.shards)} finished shard(s) kept, going on "
+              f"from input entry {start.entry + 1} of {total}", file=sys.stderr)
+    else:
+        print(f"make_shards: {args.input}: {corpus.layout} layout, {total} entries", file=sys.stderr)
+    todo = corpus.entries[start.entry:]
+    results = ordered_map(partial(load_entry, options=options), todo, args.workers, on_crash=worker_died,
+                          preload=("data_prep.clips",))
+    try:
+        write(todo, results, writer, total)
+        totals = writer.finish(total)
+    finally:
+        results.close()  # stops the worker pool
+        writer.close()
 
-    entries = read_listing(args.manifest)
-    skipped: list[dict] = []
-    shards, rates = write_shards(usable_samples(entries, args.manifest.parent, args.sample_rate, skipped),
-                                 args.out, args.samples_per_shard)
-    (args.out / SKIPPED_NAME).write_text("".join(json.dumps(s) + "\n" for s in skipped))
-    if not shards:
-        sys.exit(f"make_shards: none of the {len(entries)} clips could be read: see {args.out / SKIPPED_NAME}")
-    write_manifest(args.out, "audio", shards, rates.pop() if len(rates) == 1 else None, skipped=len(skipped))
-    samples = sum(shard["samples"] for shard in shards)
-    print(f"wrote {samples} samples in {len(shards)} shards to {args.out}"
-          + (f"; skipped {len(skipped)} clip(s), listed in {args.out / SKIPPED_NAME}" if skipped else ""))
+    skipped = dict(sorted(totals.skipped_by_reason.items()))
+    listed = args.out / SKIPPED_NAME
+    if not totals.shards:
+        writer.forget()
+        sys.exit(f"make_shards: none of the {total} clips could be read or kept ({_reasons(skipped)}): see {listed}")
+    clips = sum(shard["samples"] for shard in totals.shards)
+    rates = totals.sample_rates
+    write_manifest(args.out, "audio", totals.shards, next(iter(rates)) if len(rates) == 1 else None,
+                   clips=clips, skipped=sum(skipped.values()), skipped_by_reason=skipped, layout=corpus.layout,
+                   corpus=corpus.name, channels=args.channels)
+    writer.forget()
+    hours = sum(shard["seconds"] for shard in totals.shards) / 3600
+    print(f"wrote {clips} clips ({hours:.3f} hours) in {len(totals.shards)} shards to {args.out}"
+          + (f"; skipped {sum(skipped.values())} ({_reasons(skipped)}), listed in {listed}" if skipped else ""))
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "nothing skipped"
 
 
 if __name__ == "__main__":
