@@ -22,6 +22,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m tools.bench.loop_overhead
+	$(BIN)/python -m tools.bench.data_throughput
 
 clean:
 	rm -rf demo runs

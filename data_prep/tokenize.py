@@ -46,7 +46,7 @@ def tokenize_shard(url: str, out_path: Path, codec, examples: AudioExamples, cou
     with wds.TarWriter(str(tmp)) as sink:
         for sample in read_shard(url, counter.add, expected):
             try:
-                example = examples.decode(sample, rng=None)
+                example = examples.decode(sample, crop_rng=None)
             except BadSample as bad:
                 counter.add(bad.reason, os.path.basename(url), bad.detail)
                 continue

@@ -63,7 +63,7 @@ def test_audio_matches_native_decode(audio_shards):
     for batch in take(loader, 3):
         assert batch["audio"].shape == (8, 1, 32000)
         for i, key in enumerate(batch["keys"]):
-            ref = native.decode(samples[key], np.random.default_rng(0))
+            ref = native.decode(samples[key], lambda: np.random.default_rng(0))
             n = int(batch["lengths"][i])
             assert n == len(ref["audio"]) < 32000
             torch.testing.assert_close(batch["audio"][i, 0, :n], ref["audio"], atol=1e-6, rtol=0)
@@ -80,7 +80,7 @@ def test_resampled_audio_close_to_native(audio_shards):
     batch = take(make(audio_shards, segment_seconds=2.0, sample_rate=8000, batch_size=8), 1)[0]
     assert batch["audio"].shape == (8, 1, 16000)
     for i, key in enumerate(batch["keys"]):
-        ref = native.decode(samples[key], np.random.default_rng(0))["audio"]
+        ref = native.decode(samples[key], lambda: np.random.default_rng(0))["audio"]
         n = int(batch["lengths"][i])
         assert n == len(ref)
         got = batch["audio"][i, 0, :n]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -39,7 +40,7 @@ class AudioExamples:
                 raise BadSample(DECODE_ERROR, f"{sample['__key__']}.flac: {getattr(exn, 'error_string', exn)}") from None
         return min(duration, self.segment / self.sample_rate)
 
-    def decode(self, sample: dict, rng: np.random.Generator | None) -> dict:
+    def decode(self, sample: dict, crop_rng: Callable[[], np.random.Generator] | None) -> dict:
         """A ``{"audio": FloatTensor[S'], "text", "key"}`` example, S' <= segment."""
         require_members(sample, "flac", "json")
         text = caption(sample)
@@ -50,8 +51,8 @@ class AudioExamples:
                 # Crop in the source rate, so only the segment is decoded and resampled.
                 want = frames if self.segment is None else min(frames, math.ceil(self.segment * rate / self.sample_rate))
                 if frames > want:
-                    f.seek(int(rng.integers(0, frames - want + 1)))
-                data = f.read(want, dtype="float32", always_2d=True)
+                    f.seek(int(crop_rng().integers(0, frames - want + 1)))
+                data = f.read(want, dtype="float32", always_2d=False)
         except (RuntimeError, ValueError) as exn:
             # LibsndfileError's str() names the in-memory file object; its error_string does not.
             raise BadSample(DECODE_ERROR, f"{key}.flac: {getattr(exn, 'error_string', exn)}") from None
@@ -59,7 +60,7 @@ class AudioExamples:
             raise BadSample(EMPTY_AUDIO, f"{key}.flac has no samples")
         if len(data) < want:
             raise BadSample(DECODE_ERROR, f"{key}.flac: decoded {len(data)} of {want} frames (corrupt?)")
-        audio = torch.from_numpy(data.mean(axis=1))
+        audio = torch.from_numpy(data if data.ndim == 1 else data.mean(axis=1))
         if rate != self.sample_rate:
             audio = AF.resample(audio, rate, self.sample_rate)[: self.segment]
         return {"audio": audio, "text": text, "key": key}

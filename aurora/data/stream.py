@@ -162,7 +162,7 @@ class _Reader:
 
     def decode(self, epoch: int, raw: dict) -> dict | None:
         try:
-            return self.s.examples.decode(raw, sample_rng(self.s.seed, epoch, raw["__key__"]))
+            return self.s.examples.decode(raw, lambda: sample_rng(self.s.seed, epoch, raw["__key__"]))
         except BadSample as bad:
             self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
             return None

@@ -4,6 +4,7 @@ crop or pad to a fixed number of frames, and batch."""
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class TokenExamples:
                 raise BadSample(DECODE_ERROR, f"{sample['__key__']}.codes.npy: {exn}") from None
         return min(frames, self.context_frames) / self.frame_rate
 
-    def decode(self, sample: dict, rng: np.random.Generator) -> dict:
+    def decode(self, sample: dict, crop_rng: Callable[[], np.random.Generator]) -> dict:
         """A ``{"codes": LongTensor[n_q, T'], "text", "key"}`` example, T' <= context_frames."""
         require_members(sample, "codes.npy", "json")
         text = caption(sample)
@@ -57,7 +58,7 @@ class TokenExamples:
         if frames == 0:
             raise BadSample(EMPTY_CODES, f"{key}.codes.npy has no frames")
         if frames > self.context_frames:
-            start = int(rng.integers(0, frames - self.context_frames + 1))
+            start = int(crop_rng().integers(0, frames - self.context_frames + 1))
             codes = codes[:, start: start + self.context_frames]
         return {"codes": torch.from_numpy(codes.astype(np.int64)), "text": text, "key": key}
 
