@@ -41,11 +41,9 @@ from tqdm import tqdm
 from aurora.data.manifest import write_manifest
 from data_prep import layouts
 from data_prep.clips import ClipOptions, load_entry, worker_died
-from data_prep.layouts import LAYOUTS, make_key
+from data_prep.layouts import LAYOUTS
 from data_prep.parallel import ordered_map
-from data_prep.shard_writer import SHARD_PATTERN, SKIPPED_NAME, TAR_MTIME, ResumeError, ShardWriter
-
-__all__ = ["main", "make_key", "SHARD_PATTERN", "SKIPPED_NAME", "TAR_MTIME"]
+from data_prep.shard_writer import SKIPPED_NAME, ResumeError, ShardWriter
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_prep.make_shards", description=__doc__.split("\n\n")[0])

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -107,8 +107,14 @@ class _Pool:
             raise RuntimeError("worker processes cannot start (is the main module importable? e.g. not a script "
                                "read from stdin); run with 1 worker to see the error") from None
 
-    def submit(self, fn, index, item):
-        return self.executor.submit(_call, fn, index, item)
+    def submit(self, fn, index, item) -> Future:
+        """The future of ``fn(item)``; if a worker already died, one that raises BrokenProcessPool."""
+        try:
+            return self.executor.submit(_call, fn, index, item)
+        except BrokenProcessPool as broken:  # the pool broke between two submits: handled like a result
+            future = Future()
+            future.set_exception(broken)
+            return future
 
     def shutdown(self) -> None:
         if self.executor is not None:

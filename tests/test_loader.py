@@ -145,6 +145,15 @@ def take_on_every_rank(cfg, world, seed, n, kind="audio"):
     return loaders, [take(loader, n) for loader in loaders]
 
 
+def resumed_after(cfg, kind, seed, taken):
+    """A rank-0-of-1 loader resumed from another's state after that one took ``taken`` batches."""
+    first = build_loader(cfg, kind, 0, 1, seed=seed)
+    take(first, taken)
+    resumed = build_loader(cfg, kind, 0, 1, seed=seed)
+    resumed.load_state_dict([first.state_dict()])
+    return resumed
+
+
 def saved_states(loaders):
     return [json.loads(json.dumps(loader.state_dict())) for loader in loaders]  # plain data, as checkpointed
 
@@ -174,10 +183,7 @@ def test_resume_state_format(shards):
 
 
 def test_resume_reads_only_the_shuffle_buffer_again(shards, monkeypatch):
-    loader = build_loader(config(shards), "audio", 0, 1, seed=0)
-    take(loader, 5)
-    resumed = build_loader(config(shards), "audio", 0, 1, seed=0)
-    resumed.load_state_dict([loader.state_dict()])
+    resumed = resumed_after(config(shards), "audio", 0, 5)
     reads, decodes = [], []
     sample, decode = ShardReader.sample, AudioExamples.decode
     monkeypatch.setattr(ShardReader, "sample", lambda self, n: reads.append(n) or sample(self, n))
@@ -281,11 +287,7 @@ def test_a_file_that_is_no_tar_is_a_read_error(bad_shards, tmp_path, caplog):
 def test_resume_is_exact_with_bad_samples(bad_shards):
     cfg = config(bad_shards, batch_size=3, num_workers=2, shuffle_buffer=5)
     reference = take(build_loader(cfg, "audio", 0, 1, seed=1), 16)
-    first = build_loader(cfg, "audio", 0, 1, seed=1)
-    take(first, 5)
-    resumed = build_loader(cfg, "audio", 0, 1, seed=1)
-    resumed.load_state_dict([first.state_dict()])
-    continued = take(resumed, 11)
+    continued = take(resumed_after(cfg, "audio", 1, 5), 11)
     assert keys(continued) == keys(reference[5:])
     assert [b["skipped"] for b in continued] == [b["skipped"] for b in reference[5:]]
 
@@ -378,10 +380,6 @@ def test_token_resume(hand_token_shards):
     out, _ = hand_token_shards
     cfg = config(out, batch_size=3, context_frames=CONTEXT, num_workers=2)
     reference = take(build_loader(cfg, "tokens", 0, 1, seed=0), 9)
-    first = build_loader(cfg, "tokens", 0, 1, seed=0)
-    take(first, 5)
-    resumed = build_loader(cfg, "tokens", 0, 1, seed=0)
-    resumed.load_state_dict([first.state_dict()])
-    continued = take(resumed, 4)
+    continued = take(resumed_after(cfg, "tokens", 0, 5), 4)
     assert keys(continued) == keys(reference[5:])
     assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(continued, reference[5:]))

@@ -10,6 +10,7 @@ import webdataset as wds
 
 from aurora.data.manifest import read_manifest, resolve_shards
 from data_prep import layouts, make_shards, parallel, segment, synth
+from data_prep.layouts import make_key
 from data_prep.shard_writer import PROGRESS_NAME, ShardWriter
 
 NUM_CLIPS = 10
@@ -44,7 +45,7 @@ def shards(corpus, tmp_path_factory):
 
 
 def entries(corpus):
-    return {make_shards.make_key(e["path"]): e
+    return {make_key(e["path"]): e
             for e in map(json.loads, (corpus / "metadata.jsonl").read_text().splitlines()[:NUM_CLIPS + 1])}
 
 
@@ -70,8 +71,8 @@ def test_plain_webdataset_reads_the_shards(corpus, shards):
 
 
 def test_keys_have_no_dots_and_are_unique():
-    assert make_shards.make_key("a/b.c/clip.v2.flac") == "a__b_c__clip_v2"
-    assert make_shards.make_key("/abs/x.wav") == "abs__x"
+    assert make_key("a/b.c/clip.v2.flac") == "a__b_c__clip_v2"
+    assert make_key("/abs/x.wav") == "abs__x"
 
 
 def test_audio_round_trips(corpus, shards):

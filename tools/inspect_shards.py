@@ -47,7 +47,7 @@ from tqdm import tqdm
 from aurora.data.config import DataError
 from aurora.data.manifest import MANIFEST_NAME, read_manifest, resolve_shards
 from aurora.data.members import require_members
-from aurora.data.tars import ShardReader
+from aurora.data.tars import read_shard
 from aurora.data.skips import BAD_JSON, DECODE_ERROR, EMPTY_AUDIO, EMPTY_CODES, READ_ERROR, BadSample
 
 PROG = "python -m tools.inspect_shards"
@@ -228,18 +228,8 @@ CHECKS = {"audio": check_audio, "tokens": check_tokens}
 # -- one shard -----------------------------------------------------------------------------------
 def read_tar(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
     """Yield ``{"__key__", <ext>: bytes, ...}`` per readable sample of the tar at ``url``, front
-    to back; where the tar cannot be read any further, ``on_error(detail)`` says where, once."""
-    reader = ShardReader(url)
-    try:
-        for number in range(len(reader)):
-            yield reader.sample(number)
-    except BadSample as bad:
-        on_error(bad.detail)
-        return
-    finally:
-        reader.close()
-    if reader.index.problem:
-        on_error(reader.index.problem)
+    to back; where the tar cannot be read any further, ``on_error(detail)`` says where."""
+    yield from read_shard(url, lambda reason, shard, detail: on_error(detail))
 
 
 def verify_shard(url: str, expect: Expect, listed: dict | None) -> ShardResult:

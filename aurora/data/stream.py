@@ -150,7 +150,7 @@ class _Reader:
         share = self.plan.share(epoch, self.reader)
         shuffle = PositionShuffle(len(share), self.s.shuffle_buffer, shuffle_seed(self.s.seed, epoch, self.reader))
         shuffle.skip(start)
-        held = {p: self.fetch(epoch, share.index(p)) for p in shuffle.buffer}
+        held = {p: self.fetch(epoch, share.index(p)) for p in sorted(shuffle.buffer)}  # in file order
         if start:  # a resumed reader: what it read again was counted before the checkpoint
             self.counter.take()
         fetched = shuffle.pulled
@@ -161,15 +161,16 @@ class _Reader:
             yield share.index(p), held.pop(p)
 
     def decode(self, epoch: int, raw: dict) -> dict | None:
-        try:
-            return self.s.examples.decode(raw, lambda: sample_rng(self.s.seed, epoch, raw["__key__"]))
-        except BadSample as bad:
-            self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
-            return None
+        return self._counting(raw, lambda: self.s.examples.decode(
+            raw, lambda: sample_rng(self.s.seed, epoch, raw["__key__"])))
 
     def measure(self, raw: dict) -> float | None:
+        return self._counting(raw, lambda: self.s.examples.seconds(raw))
+
+    def _counting(self, raw: dict, work):
+        """``work()``, or None when the sample turns out bad (counted)."""
         try:
-            return self.s.examples.seconds(raw)
+            return work()
         except BadSample as bad:
             self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
             return None

@@ -118,13 +118,18 @@ OnError = Callable[[str, str, str], None]
 
 
 def read_shard(url: str, on_error: OnError, expected: int | None = None) -> Iterator[dict]:
-    """Every readable sample of a tar, front to back; the others go to ``on_error``."""
+    """Every readable sample of a tar, front to back; the others go to ``on_error``: one call
+    per sample the manifest lists but the tar lost, or (no count to lose from) one for the
+    unreadable rest of the tar."""
     reader = ShardReader(url, expected)
+    listed = expected or 0
     try:
-        for number in range(max(len(reader), expected or 0, 0 if reader.index.samples else 1)):
+        for number in range(max(len(reader), listed)):
             try:
                 yield reader.sample(number)
             except BadSample as bad:
                 on_error(bad.reason, reader.index.name, bad.detail)
     finally:
         reader.close()
+    if reader.index.problem and len(reader) >= listed:
+        on_error(READ_ERROR, reader.index.name, reader.index.problem)

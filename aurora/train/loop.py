@@ -43,13 +43,13 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-VALID_UNITS, PADDED_UNITS = "_valid_units", "_padded_units"
+PADDED_UNITS = "_padded_units"
 
 
-def _padding_units(batch: dict) -> dict[str, float]:
-    """Valid and padded samples (audio) or frames (tokens) of a batch, for the padding fraction."""
+def _padded_units(batch: dict) -> float:
+    """Samples (audio) or frames (tokens) of a batch, padding included."""
     padded = batch["audio"] if "audio" in batch else batch["codes"]
-    return {VALID_UNITS: float(batch["lengths"].sum()), PADDED_UNITS: float(len(batch["lengths"]) * padded.shape[-1])}
+    return float(len(batch["lengths"]) * padded.shape[-1])
 
 
 KEYS_DIR = "sample_keys"
@@ -97,8 +97,7 @@ class Trainer:
         rank_state = {"rng": rng_state(), "task": self.task.state_dict()}
         shared = [None] * self.env.world_size
         dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
-        shared_state = {"world_size": self.env.world_size, "ranks": shared}
-        return self.checkpointer.save(self.step, self._app_state(), rank_state, shared_state)
+        return self.checkpointer.save(self.step, self._app_state(), rank_state, {"ranks": shared})
 
     def resume(self, path: Path) -> None:
         app_state = self._app_state()
@@ -109,7 +108,8 @@ class Trainer:
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
         self.loader.load_state_dict([r["data"] for r in shared["ranks"]])
         self.task.load_state_dict(rank_state["task"])
-        if shared["world_size"] == self.env.world_size:
+        saved_world = len(shared["ranks"])
+        if saved_world == self.env.world_size:
             self.skipped_samples = Counter(shared["ranks"][self.env.rank]["skipped_samples"])
             set_rng_state(rank_state["rng"])
             return
@@ -119,7 +119,7 @@ class Trainer:
         if self.env.is_main:
             for r in shared["ranks"]:
                 self.skipped_samples.update(r["skipped_samples"])
-            print(f"elastic resume: {shared['world_size']} ranks saved {path.name}, {self.env.world_size} "
+            print(f"elastic resume: {saved_world} ranks saved {path.name}, {self.env.world_size} "
                   f"continue it; the rest of the data epoch is re-split over them", flush=True)
         seed_everything(self.cfg.run.seed + 1_000_003 * (self.step + 1) + self.env.rank)
 
@@ -128,20 +128,20 @@ class Trainer:
         cfg = self.cfg.trainer
         accum = cfg.grad_accum_steps
         started = time.perf_counter()
-        batches, items = [], Counter()
+        batches, units, items = [], [], Counter()
         for _ in range(accum):
             batch = next(data_iter)
             self.skipped_samples.update(batch.pop("skipped", {}))
             items.update(self.task.batch_items(batch))
-            items.update(_padding_units(batch))
+            items[PADDED_UNITS] += _padded_units(batch)
+            units.append(float(batch["lengths"].sum()))
             batches.append(batch)
         data_wait = time.perf_counter() - started
-        if self.cfg.trainer.record_sample_keys:
+        if cfg.record_sample_keys:
             self._record_keys([k for b in batches for k in b["keys"]])
         # Batches differ in size (dynamic batching, padding): weight each micro-batch's mean loss
         # by its valid units (samples/frames), so the step's gradient is the mean over every
         # valid unit of every rank, however the units fell into batches.
-        units = [float(b["lengths"].sum()) for b in batches]
         total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
         loss_sum = torch.zeros((), device=self.env.device)
         metric_sums: dict[str, torch.Tensor] = {}
@@ -184,8 +184,7 @@ class Trainer:
         for i, name in enumerate(names):
             out[name] = summed[2 + i] / world
         totals = dict(zip(item_names, summed[2 + len(names):]))
-        valid, padded = totals.pop(VALID_UNITS), totals.pop(PADDED_UNITS)
-        out["data/padding_fraction"] = 1.0 - valid / padded
+        out["data/padding_fraction"] = 1.0 - total_units / totals.pop(PADDED_UNITS)
         for name, total in totals.items():
             out[f"throughput/{name}_per_s"] = total / elapsed
         out.update(task_metrics)
