@@ -23,6 +23,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python -m tools.bench.loop_overhead
 	$(BIN)/python -m tools.bench.data_throughput
+	$(BIN)/python -m tools.bench.checkpoint_stall
 
 clean:
 	rm -rf demo runs

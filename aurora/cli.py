@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data import DataError
 
@@ -11,16 +13,22 @@ def _train(args: argparse.Namespace) -> None:
     from aurora.dist import init_distributed, shutdown
     from aurora.tasks import get_task
     from aurora.train.loop import Trainer
+    from aurora.train.stops import RunStopped
 
     task_cls = get_task(peek_task(args.config))
     cfg = load_config(task_cls.config_class, args.config, args.overrides)
     env = init_distributed(cfg.dist)
     try:
         Trainer(cfg, task_cls, env).fit()
+    except RunStopped as stop:
+        if env.is_main:
+            print(f"aurora: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
     finally:
         shutdown()
 
 
+@record  # under torchrun: an uncaught error goes to the agent's error file, with this rank's traceback
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aurora", description="Distributed training for audio models.")
     commands = parser.add_subparsers(dest="command", required=True)

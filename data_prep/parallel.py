@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import torch
 
 IN_FLIGHT_PER_WORKER = 4
+SHUTDOWN_GRACE_S = 5.0  # for idle workers to see the executor's stop sentinel and exit
 FAULT_ENV = "AURORA_FAULT_WORKER_CRASH"
 
 T = TypeVar("T")
@@ -117,9 +118,20 @@ class _Pool:
             return future
 
     def shutdown(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        """Stop the workers without waiting on the executor: after a worker died, Python 3.11's
+        ``shutdown(wait=True)`` can wait forever on a surviving worker blocked on its task queue.
+        The worker processes are read from the executor's ``_processes`` (Python 3.14 has a public
+        ``kill_workers()`` for this); every result has been collected or abandoned by now."""
+        if self.executor is None:
+            return
+        processes = list((self.executor._processes or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=SHUTDOWN_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        self.executor = None
 
 
 def _init_worker(crash_at: int | None) -> None:

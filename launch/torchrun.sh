@@ -1,14 +1,64 @@
 #!/usr/bin/env bash
-# Launch an aurora job on this node with torchrun.
+# Launch a fault-tolerant aurora job on this node with torchrun (elastic agent, c10d rendezvous):
 #   NPROC=8 launch/torchrun.sh train configs/lm/tiny.yaml run.dir=runs/lm
-# Multi-node: set NNODES, NODE_RANK and MASTER_ADDR (the first node) on every node.
-set -euo pipefail
+# Run the same command on every node of a multi-node job (see launch/README.md).
+#
+# Environment (all optional):
+#   NPROC          processes on this node (default: the GPU count, else 1)
+#   NNODES         node count, or MIN:MAX for an elastic job that goes on with fewer nodes (default 1)
+#   MAX_RESTARTS   times the agent restarts the worker group after a failure (default 3)
+#   MASTER_ADDR    host of the rendezvous store: the first node (default 127.0.0.1)
+#   MASTER_PORT    its port (default 29500)
+#   RDZV_ID        job id shared by all nodes (default $SLURM_JOB_ID, else "aurora")
+#   LOG_DIR        per-rank logs and @record error files under LOG_DIR/<RDZV_ID>/attempt_N/ (default: none)
+#   PYTHON         interpreter (default: python)
+#
+# Exit code: the job's (see aurora/train/stops.py), except that a SIGTERM or SIGUSR1 received
+# here (a preemption notice) makes it 75, the code launch/slurm.sbatch requeues on. The signal is
+# passed on to the workers, which checkpoint at the next step boundary and stop; torchrun allows
+# them 30 s after it forwards the signal before it kills them.
+set -uo pipefail
+
 NPROC=${NPROC:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 1)}
 NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
-exec torchrun \
-  --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC" \
-  --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" \
-  -m aurora "$@"
+RDZV_ID=${RDZV_ID:-${SLURM_JOB_ID:-aurora}}
+PYTHON=${PYTHON:-python}
+# torchrun forwards these to its workers (SIGUSR1 too: slurm's --signal may reach it directly).
+export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
+# A fresh store for the workers of every restart. The shared rendezvous store outlives restarts
+# and keeps the last attempt's process-group keys; a restarted rank could read a dead peer's
+# address from them (gloo "connectFullMesh failed ... Connection refused").
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+
+logging=()
+if [[ -n "${LOG_DIR:-}" ]]; then
+  logging=(--log-dir "$LOG_DIR" --redirects 3 --tee 3)
+fi
+
+"$PYTHON" -m torch.distributed.run \
+  --nnodes "$NNODES" --nproc-per-node "$NPROC" --max-restarts "$MAX_RESTARTS" \
+  --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RDZV_ID" \
+  "${logging[@]}" -m aurora "$@" &
+child=$!
+
+preempted=0
+notice() {
+  preempted=1
+  kill -TERM "$child" 2>/dev/null
+}
+trap notice TERM USR1
+
+# `wait` returns early when a trapped signal arrives: wait again until torchrun has exited.
+while true; do
+  wait "$child"
+  rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+if (( preempted )); then
+  echo "launch/torchrun.sh: preemption notice received; the job checkpointed and stopped (exit 75: requeue it)" >&2
+  exit 75
+fi
+exit "$rc"

@@ -64,6 +64,25 @@ class TrainerConfig:
     record_sample_keys: bool = False
     """Append the keys of the samples each rank trains on to RUN/sample_keys/rank_NNNNN.jsonl
     (one ``{"step", "keys"}`` line per step): an audit of data order across resumes."""
+    keep_last_n: Optional[int] = None
+    """Keep only the newest N complete checkpoints (older ones are deleted after a new one is
+    complete); null keeps them all."""
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread (``dcp.async_save``): the loop stalls only to
+    copy the state to CPU memory. The checkpoint becomes ``latest`` once written, seen at a later
+    step boundary; each save waits for the one before."""
+    max_bad_steps: int = 20
+    """Stop the run after this many consecutive non-finite steps (each is skipped on every
+    rank), with a checkpoint of the last good weights and exit code 3."""
+    hang_timeout_s: Optional[float] = 1800.0
+    """A rank that completes no step (or checkpoint) for this long dumps every thread's stack
+    and exits with code 124, so the launcher restarts the job; null disables the watchdog.
+    Must be shorter than ``dist.timeout_s`` and longer than the slowest step plus a save."""
+    eval_every: int = 0
+    """Every N steps, rank 0 computes the loss on ``data.eval_shards`` from the checkpoint just
+    written (a multiple of ``checkpoint_every``); 0 disables evaluation."""
+    eval_batches: int = 8
+    """Batches of ``data.eval_shards`` per evaluation (always the same ones)."""
 
 
 @dataclass
@@ -103,8 +122,9 @@ class EngineConfig:
 class DistConfig:
     backend: Backend = Backend.auto
     """Collective backend: auto picks nccl when CUDA is available, else gloo."""
-    timeout_s: int = 600
-    """Timeout of every collective, in seconds."""
+    timeout_s: int = 2400
+    """Timeout of every collective, in seconds. Longer than ``trainer.hang_timeout_s``, so a
+    hang is reported by the watchdog (with every thread's stack) before a collective times out."""
 
 
 @dataclass
@@ -129,3 +149,18 @@ class TrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        hang = self.trainer.hang_timeout_s
+        if hang is not None and hang >= self.dist.timeout_s:
+            raise ValueError(f"trainer.hang_timeout_s ({hang:g}) must be shorter than dist.timeout_s "
+                             f"({self.dist.timeout_s}), so the watchdog reports a hang before a collective "
+                             f"times out; raise dist.timeout_s or lower trainer.hang_timeout_s")
+        if self.trainer.eval_every:
+            if self.trainer.eval_every % self.trainer.checkpoint_every:
+                raise ValueError(f"trainer.eval_every ({self.trainer.eval_every}) must be a multiple of "
+                                 f"trainer.checkpoint_every ({self.trainer.checkpoint_every}): evaluation "
+                                 f"reads the checkpoint just written")
+            if self.data.eval_shards is None:
+                raise ValueError("trainer.eval_every is set but data.eval_shards is not: point it at a "
+                                 "held-out shard set")

@@ -1,6 +1,7 @@
 """The ``data`` section of a training config, and the error for data that cannot be used."""
 
 from dataclasses import dataclass
+from typing import Optional
 
 from omegaconf import MISSING
 
@@ -15,6 +16,9 @@ class DataConfig:
     shards: str = MISSING
     """Shard set: a directory holding manifest.json (written by data_prep.make_shards), or a
     brace pattern such as ``data/shards/shard-{000000..000099}.tar``."""
+    eval_shards: Optional[str] = None
+    """Held-out shard set (same forms as ``shards``) for ``trainer.eval_every``; read with the
+    same decoding and batching, without shuffling differences between evaluations."""
     backend: str = "native"
     """Reader: ``native`` (aurora's resumable, elastic tar reader) or ``dali`` (NVIDIA DALI's
     ``fn.readers.webdataset`` + ``fn.decoders.audio``; audio shards only, see aurora.data.dali)."""

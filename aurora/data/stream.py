@@ -274,7 +274,8 @@ class ResumableLoader:
         self.stream.start_cursors = list(self.cursors)
         # Its own generator: creating worker seeds must not draw from the trainer's global RNG.
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(self.stream.seed))
+                            generator=torch.Generator().manual_seed(self.stream.seed),
+                            worker_init_fn=_own_process_group)
         for role, cursor, batch in loader:
             self.cursors[role] = cursor
             self.batches += 1
@@ -325,6 +326,19 @@ class ResumableLoader:
             details = ", ".join(f"{k}: saved {s!r}, now {n!r}" for k, (s, n) in changed.items())
             raise DataError(f"cannot resume the data stream ({details}): resume with the same run.seed and "
                             f"the same shard set (data.shards) as the run that saved the checkpoint")
+
+
+def _own_process_group(worker_id: int) -> None:
+    """In a DataLoader worker: leave the trainer's process group. torchrun signals a stop with
+    ``killpg``; stopping is the trainer's decision (it checkpoints first), and a worker killed
+    by that signal would fail the trainer's next batch instead. The worker still ends when the
+    trainer does (DataLoader shuts it down, or it sees its parent gone)."""
+    os.setpgid(0, 0)
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its tensors on ``device`` (keys and texts stay as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int):

@@ -4,6 +4,7 @@ A recipe is one file in this package: it builds its model from config, says whic
 sharding engine wraps, and turns a batch into a loss. The loop never imports a model.
 """
 
+import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -54,6 +55,29 @@ class Task(ABC):
     def batch_items(self, batch: dict) -> dict[str, float]:
         """Work counted for throughput, e.g. {"samples": B, "tokens": N}."""
         return {"samples": float(len(batch["keys"]))}
+
+    def evaluate(self, checkpoint: Path) -> dict[str, float]:
+        """Held-out loss of the weights in ``checkpoint``, over the first ``trainer.eval_batches``
+        batches of ``data.eval_shards``, weighted by valid units as in training. Runs on rank 0
+        alone, on a plain copy of the model (no collectives), so a failure cannot leave ranks out
+        of step; ``loss`` sees a model in eval mode."""
+        from aurora.data import batch_to_device, build_loader
+        from aurora.train.checkpoint import load_model_weights
+
+        model = self.build_model()
+        load_model_weights(model, checkpoint)
+        model.to(self.env.device).eval()
+        data_cfg = dataclasses.replace(self.cfg.data, shards=self.cfg.data.eval_shards, eval_shards=None)
+        loader = build_loader(data_cfg, self.data_kind, rank=0, world_size=1, seed=self.cfg.run.seed)
+        loss_sum = units = 0.0
+        with torch.no_grad():
+            for batch, _ in zip(loader, range(self.cfg.trainer.eval_batches)):
+                batch = batch_to_device(batch, self.env.device)
+                loss, _ = self.loss(model, batch)
+                valid = float(batch["lengths"].sum())
+                loss_sum += loss.item() * valid
+                units += valid
+        return {"eval/loss": loss_sum / units}
 
     def on_train_end(self, run_dir: Path) -> None:
         """Called on rank 0 after the final checkpoint (e.g. write samples)."""

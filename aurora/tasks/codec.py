@@ -84,7 +84,8 @@ class CodecTask(Task):
                  + lc.commitment_weight * out.commitment_loss + lc.codebook_weight * out.codebook_loss)
         metrics = {"mel_l1": mel, "waveform_l1": wave, "commitment": out.commitment_loss,
                    "codebook": out.codebook_loss}
-        self.dead_codes.observe(out.codes, out.lookup_inputs)
+        if model.training:  # evaluation must not change which codes count as dead
+            self.dead_codes.observe(out.codes, out.lookup_inputs)
         usage = codebook_usage(out.codes, self.cfg.model.codebook_size)
         metrics.update({f"perplexity/q{i}": p for i, p in enumerate(usage)})
         return total, metrics

@@ -1,30 +1,55 @@
-"""Checkpoints with torch.distributed.checkpoint (DCP): sharded, resharding on load.
+"""Checkpoints with torch.distributed.checkpoint (DCP): sharded, resharding on load, and safe
+against crashes, full disks and preemption.
 
 Layout of ``RUN/checkpoints``::
 
     step_00000004/        DCP files (model, optimizer, scheduler, step), rank_00000.pt ...,
                           shared.pt
+    step_00000008.tmp/    a save in progress (or one a crash interrupted: never loaded)
     latest                name of the newest complete checkpoint directory
 
-A save is written into ``step_N.tmp`` and renamed once every rank has finished; ``latest``
-moves only after that rename, so a crash mid-save never leaves it pointing at a partial one.
-The per-rank files hold what differs between ranks and only fits that rank (RNG states, recipe
-state); ``shared.pt`` holds what every rank of a resumed job may need from all the saving
-ranks (each one's data stream position, for an elastic resume on another world size).
+A save is written into ``step_N.tmp``; once every rank's files are written, the main rank
+renames it to ``step_N`` and only then moves ``latest`` (itself replaced atomically), and only
+then deletes checkpoints beyond ``keep_last_n``. A crash at any point leaves ``latest`` on a
+complete checkpoint. The per-rank files hold what only fits that rank (RNG states, recipe
+state); ``shared.pt`` holds what every rank of a resumed job may need from all the saving ranks
+(each one's data stream position, for an elastic resume on another world size).
+
+Failures: DCP gathers every rank's write errors and raises on all ranks, and one all-reduce
+makes the ranks agree on their own files, so a save is complete everywhere or skipped
+everywhere. A full disk (ENOSPC) deletes every checkpoint but the latest complete one and
+retries once; any other failure, or a second one, skips this save (counted as
+``errors/checkpoint``) and training goes on.
+
+Async saves (``trainer.async_checkpoint``) copy the state to CPU memory and write it in a
+background thread over a separate gloo process group, so training collectives never interleave
+with the checkpoint's; the main rank finalises (rename, ``latest``) when the write is done, seen
+at a later step boundary, and every save first waits for the one before.
 """
 
+import errno
 import os
+import re
 import shutil
+import sys
 import warnings
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from aurora.dist import DistEnv, barrier
+from aurora.train import faults
+from aurora.train.nonfatal import NonFatal
 
 LATEST = "latest"
+SHARED_FILE = "shared.pt"
+_STEP_DIR = re.compile(r"step_(\d+)")
 
 
 def step_dirname(step: int) -> str:
@@ -35,59 +60,209 @@ def _rank_file(path: Path, rank: int) -> Path:
     return path / f"rank_{rank:05d}.pt"
 
 
-SHARED_FILE = "shared.pt"
+def is_complete(path: Path) -> bool:
+    """A finished save: a final name, DCP's metadata, the shared state and the rank files."""
+    return (_STEP_DIR.fullmatch(path.name) is not None and (path / ".metadata").is_file()
+            and (path / SHARED_FILE).is_file() and any(path.glob("rank_*.pt")))
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    found = [p for p in checkpoints_dir.glob("step_*") if is_complete(p)]
+    return sorted(found, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, given either one or a run directory (its latest checkpoint)."""
+    """A complete checkpoint directory, given either one or a run directory: the one ``latest``
+    names, or, when that pointer is missing or names an incomplete directory, the newest
+    complete one."""
     path = Path(path)
     if (path / ".metadata").is_file():
         return path
-    pointer = path / "checkpoints" / LATEST
+    checkpoints = path / "checkpoints"
+    pointer = checkpoints / LATEST
     if pointer.is_file():
-        ckpt = pointer.parent / pointer.read_text().strip()
-        if (ckpt / ".metadata").is_file():
-            return ckpt
-        raise FileNotFoundError(f"{pointer} names {ckpt.name}, which is not a complete checkpoint")
+        named = checkpoints / pointer.read_text().strip()
+        if is_complete(named):
+            return named
+    found = complete_checkpoints(checkpoints)
+    if found:
+        if pointer.is_file():
+            print(f"aurora: {pointer} names {pointer.read_text().strip()}, which is not a complete "
+                  f"checkpoint; using {found[-1].name}, the newest complete one", file=sys.stderr)
+        return found[-1]
     raise FileNotFoundError(
-        f"no checkpoint at {path}: expected a run directory with checkpoints/{LATEST} "
-        "or a checkpoint directory holding DCP's .metadata"
+        f"no checkpoint at {path}: expected a run directory with complete checkpoints under "
+        "checkpoints/ or a checkpoint directory holding DCP's .metadata"
     )
 
 
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or one it wraps: DCP's per-rank failures, causes) is a full disk."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, CheckpointException):
+            todo += [f[0] if isinstance(f, tuple) else f for f in e.failures.values()]
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+class _Writer(dcp.FileSystemWriter):
+    """DCP's file writer, with the test hook that simulates a full disk at the write call."""
+
+    def __init__(self, path: Path, checkpoints_dir: Path):
+        super().__init__(path)
+        self.checkpoints_dir = checkpoints_dir
+
+    def write_data(self, plan, planner):
+        faults.check_disk_quota(self.checkpoints_dir)
+        return super().write_data(plan, planner)
+
+
+_OK, _FAILED, _DISK_FULL = 0, 1, 2
+
+
+@dataclass
+class _Pending:
+    """An async save still being written."""
+
+    step: int
+    tmp: Path
+    future: Future
+
+
 class Checkpointer:
-    def __init__(self, run_dir: Path, env: DistEnv):
+    def __init__(self, run_dir: Path, env: DistEnv, nonfatal: NonFatal, keep_last_n: int | None = None,
+                 async_save: bool = False):
         self.dir = Path(run_dir) / "checkpoints"
         self.env = env
+        self.nonfatal = nonfatal
+        self.keep_last_n = keep_last_n
+        self.async_save = async_save
+        # Every rank creates it now (a collective); the background writes use it alone.
+        self._async_group = dist.new_group(backend="gloo") if async_save else None
+        self._pending: _Pending | None = None
 
     def latest(self) -> Path | None:
-        pointer = self.dir / LATEST
-        if not pointer.is_file():
+        try:
+            return resolve_checkpoint(self.dir.parent)
+        except FileNotFoundError:
             return None
-        return resolve_checkpoint(self.dir.parent)
 
-    def save(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> Path:
-        """``shared_state`` is written by the main rank alone."""
-        final = self.dir / step_dirname(step)
-        tmp = final.with_name(final.name + ".tmp")
+    # -- saving -------------------------------------------------------------------------------
+    def save(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> bool:
+        """Save on every rank (collective). ``shared_state`` is written by the main rank alone.
+        Returns False when the save was skipped after a failure (already reported)."""
+        self.wait()
+        outcome, error = self._write(step, app_state, rank_state, shared_state)
+        if outcome == _DISK_FULL:
+            if self.env.is_main:
+                freed = self._delete_all_but_latest()
+                print(f"aurora: disk full while saving {step_dirname(step)}; deleted {freed or 'no'} older "
+                      f"checkpoints (kept the latest complete one) and retrying once", file=sys.stderr, flush=True)
+            barrier()
+            outcome, error = self._write(step, app_state, rank_state, shared_state)
+        if outcome != _OK:
+            self._abandon(step, error, "disk full" if outcome == _DISK_FULL else "failed")
+            return False
+        if self._pending is None:
+            self._finalize(step)
+        return True
+
+    def _write(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> tuple[int, BaseException | None]:
+        tmp = self.dir / (step_dirname(step) + ".tmp")
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        dcp.save(app_state, checkpoint_id=tmp)
-        torch.save(rank_state, _rank_file(tmp, self.env.rank))
-        if self.env.is_main:
-            torch.save(shared_state, tmp / SHARED_FILE)
-        barrier()
-        if self.env.is_main:
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            pointer_tmp = self.dir / (LATEST + ".tmp")
-            pointer_tmp.write_text(final.name + "\n")
-            os.replace(pointer_tmp, self.dir / LATEST)
-        barrier()
-        return final
+        outcome, error = _OK, None
+        try:
+            torch.save(rank_state, _rank_file(tmp, self.env.rank))
+            if self.env.is_main:
+                torch.save(shared_state, tmp / SHARED_FILE)
+        except Exception as e:
+            outcome, error = (_DISK_FULL if _is_disk_full(e) else _FAILED), e
+        if not self.async_save:
+            try:  # every rank enters DCP's collectives, even one whose own files failed
+                dcp.save(app_state, storage_writer=_Writer(tmp, self.dir))
+            except (Exception, CheckpointException) as e:  # DCP raises on every rank when any failed
+                outcome, error = max(outcome, _DISK_FULL if _is_disk_full(e) else _FAILED), error or e
+        agreed = torch.tensor(outcome, device=self.env.device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        outcome = int(agreed.item())
+        if outcome == _OK and self.async_save:
+            future = dcp.async_save(app_state, storage_writer=_Writer(tmp, self.dir), process_group=self._async_group)
+            self._pending = _Pending(step, tmp, future)
+        return outcome, error
 
+    def _abandon(self, step: int, error: BaseException | None, why: str) -> None:
+        """Give up this save on every rank: its directory goes, ``latest`` stays. Counted once
+        (on the main rank) as ``errors/checkpoint``; other ranks show their own error."""
+        summary = RuntimeError(f"checkpoint {step_dirname(step)} {why}; skipped it on every rank, latest stays "
+                               f"at {self._latest_name()}: {error or 'another rank could not write its files'}")
+        summary.__cause__ = error
+        if self.env.is_main:
+            self.nonfatal.record("checkpoint", summary)
+            shutil.rmtree(self.dir / (step_dirname(step) + ".tmp"), ignore_errors=True)
+        elif error is not None and not isinstance(error, CheckpointException):  # DCP's reaches rank 0 too
+            print(f"aurora: rank {self.env.rank}: {summary}", file=sys.stderr, flush=True)
+
+    def poll(self) -> None:
+        """At a step boundary: finalise an async save whose writes are done (no collective)."""
+        if self._pending is not None and self._pending.future.done():
+            self._complete_pending()
+
+    def wait(self) -> bool:
+        """Block until the async save in flight, if any, is written and finalised; False if it
+        failed (the same answer on every rank: DCP raises on all of them)."""
+        return self._complete_pending() if self._pending is not None else True
+
+    def _complete_pending(self) -> bool:
+        pending, self._pending = self._pending, None
+        try:
+            pending.future.result()
+        except (Exception, CheckpointException) as e:
+            self._abandon(pending.step, e, "failed in the background")
+            if self.env.is_main and _is_disk_full(e):
+                self._delete_all_but_latest()  # room for the next save
+            return False
+        self._finalize(pending.step)
+        return True
+
+    def _finalize(self, step: int) -> None:
+        """Main rank: rename into place, then move ``latest``, then prune. The main rank's DCP
+        save returns only after every rank's writes and the metadata are done."""
+        if not self.env.is_main:
+            return
+        final = self.dir / step_dirname(step)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(final.with_name(final.name + ".tmp"), final)
+        faults.maybe_crash_before_latest(step)
+        pointer_tmp = self.dir / (LATEST + ".tmp")
+        pointer_tmp.write_text(final.name + "\n")
+        os.replace(pointer_tmp, self.dir / LATEST)
+        if self.keep_last_n:
+            for old in complete_checkpoints(self.dir)[:-self.keep_last_n]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _latest_name(self) -> str:
+        latest = self.latest()
+        return latest.name if latest is not None else "none"
+
+    def _delete_all_but_latest(self) -> int:
+        latest = self.latest()
+        doomed = [p for p in self.dir.glob("step_*") if p != latest and not p.name.endswith(".tmp")]
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(doomed)
+
+    # -- loading ------------------------------------------------------------------------------
     def load(self, path: Path, app_state: dict) -> tuple[dict, dict]:
         """Fill ``app_state`` in place from ``path`` (DCP reshards it to this world size);
         return (the rank state saved by this rank, or by ``rank % saved world size`` when the
@@ -103,7 +278,7 @@ class Checkpointer:
 
 def load_model_weights(model: nn.Module, path: str | Path) -> Path:
     """Load the model part of a training checkpoint into a plain (unwrapped) module, in this
-    process alone (no collectives): for tokenizing, sampling and export."""
+    process alone (no collectives): for evaluation, tokenizing, sampling and export."""
     ckpt = resolve_checkpoint(path)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to

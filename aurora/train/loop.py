@@ -4,8 +4,12 @@ One optimizer step = ``grad_accum_steps`` micro-batches, fetched first (one smal
 sums their valid units over ranks, so each micro-batch's loss is weighted by its share of the
 step: batches of any size count fairly) → forward/backward each (gradients synchronised on the
 last only) → clip by value, then by norm → one all-reduce that tells every rank whether any rank
-saw a non-finite loss or gradient (then all skip the update together) → LR schedule →
-metrics → checkpoint.
+saw a non-finite loss or gradient (then all skip the update together) and whether any rank
+was asked to stop (preemption) → LR schedule → checkpoint → evaluation → metrics.
+
+What keeps a long job alive lives beside the loop, one module each: ``nonfatal`` (work whose
+failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``preemption``
+(signals), ``watchdog`` (hangs), ``stops`` (exit codes), ``faults`` (test hooks).
 """
 
 import json
@@ -18,15 +22,19 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from aurora.config import TrainConfig, to_yaml
-from aurora.data import build_loader
+from aurora.data import batch_to_device, build_loader
 from aurora.dist import DistEnv, all_reduce_sum, barrier
 from aurora.engines import build_engine
 from aurora.tasks.base import Task
-from aurora.train.checkpoint import Checkpointer
-from aurora.train.faults import maybe_poison_loss
+from aurora.train import faults
+from aurora.train.checkpoint import Checkpointer, step_dirname
 from aurora.train.metrics import MetricsLogger
+from aurora.train.nonfatal import NonFatal
+from aurora.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from aurora.train.rng import rng_state, seed_everything, set_rng_state
 from aurora.train.schedule import build_scheduler
+from aurora.train.stops import DIVERGED_EXIT_CODE, RunStopped
+from aurora.train.watchdog import HangWatchdog
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
@@ -37,10 +45,6 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 PADDED_UNITS = "_padded_units"
@@ -81,9 +85,16 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
-        self.checkpointer = Checkpointer(self.run_dir, env)
+        self.nonfatal = NonFatal(env.rank)
+        self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
+                                         cfg.trainer.async_checkpoint)
+        self.preemption = PreemptionFlag()
         self.step = 0
         self.skipped_steps = 0
+        self.bad_streak = 0
+        """Consecutive non-finite steps up to now."""
+        self.stop_requested = False
+        """Some rank was asked to stop (agreed by the step's all-reduce)."""
         self.skipped_samples: Counter = Counter()
 
     # -- checkpoint state -------------------------------------------------------------------
@@ -93,7 +104,8 @@ class Trainer:
                          "scheduler": self.scheduler.state_dict()}
         return {"model": model_state, "optim": optim_state, "trainer": trainer_state}
 
-    def save(self) -> Path:
+    def save(self) -> bool:
+        """Checkpoint this step on every rank; False if the save failed and was skipped."""
         rank_state = {"rng": rng_state(), "task": self.task.state_dict()}
         shared = [None] * self.env.world_size
         dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
@@ -147,31 +159,36 @@ class Trainer:
         metric_sums: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(batches):
             weight = units[micro] * self.env.world_size / total_units
-            batch = _to_device(batch, self.env.device)
+            batch = batch_to_device(batch, self.env.device)
             with self.engine.gradient_sync(self.model, enabled=micro == accum - 1), self.engine.autocast():
                 loss, metrics = self.task.loss(self.model, batch)
-                loss = maybe_poison_loss(loss, self.step + 1, self.env.rank)
+                loss = faults.maybe_poison_loss(loss, self.step + 1, self.env.rank)
                 self.engine.backward(loss * weight)
             loss_sum += loss.detach().float() * units[micro]
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
 
         grad_norm = self.engine.clip_gradients(self.model, cfg.clip_grad_value, cfg.clip_grad_norm)
-        # One collective for the skip decision and every logged number.
+        # One collective for the skip decision, the stop request and every logged number.
         names = sorted(metric_sums)
         item_names = sorted(items)
-        local = torch.stack(
-            [loss_sum / total_units, (~torch.isfinite(loss_sum)).float()]
-            + [metric_sums[n] / accum for n in names]
-            + [torch.tensor(float(items[n]), device=self.env.device) for n in item_names]
-        )
+        flags = torch.tensor([float(not torch.isfinite(loss_sum)), float(self.preemption.requested)],
+                             device=self.env.device)
+        local = torch.cat([
+            torch.stack([loss_sum / total_units]), flags,
+            torch.stack([metric_sums[n] / accum for n in names]
+                        + [torch.tensor(float(items[n]), device=self.env.device) for n in item_names]),
+        ])
         summed = all_reduce_sum(local).tolist()
         world = self.env.world_size
         finite = summed[1] == 0 and torch.isfinite(grad_norm).item()
+        self.stop_requested = summed[2] > 0
         if finite:
             self.engine.step(self.optimizer)
+            self.bad_streak = 0
         else:
             self.skipped_steps += 1
+            self.bad_streak += 1
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
@@ -182,8 +199,8 @@ class Trainer:
         out = {"loss": summed[0], "lr": lr, "grad_norm": grad_norm.item(),
                "step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps}
         for i, name in enumerate(names):
-            out[name] = summed[2 + i] / world
-        totals = dict(zip(item_names, summed[2 + len(names):]))
+            out[name] = summed[3 + i] / world
+        totals = dict(zip(item_names, summed[3 + len(names):]))
         out["data/padding_fraction"] = 1.0 - total_units / totals.pop(PADDED_UNITS)
         for name, total in totals.items():
             out[f"throughput/{name}_per_s"] = total / elapsed
@@ -191,18 +208,50 @@ class Trainer:
         return out
 
     def _record_keys(self, keys: list[str]) -> None:
-        path = self.run_dir / KEYS_DIR / f"rank_{self.env.rank:05d}.jsonl"
-        path.parent.mkdir(exist_ok=True)
-        with path.open("a") as f:
-            f.write(json.dumps({"step": self.step + 1, "keys": keys}) + "\n")
+        with self.nonfatal("sample_keys"):
+            path = self.run_dir / KEYS_DIR / f"rank_{self.env.rank:05d}.jsonl"
+            path.parent.mkdir(exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps({"step": self.step + 1, "keys": keys}) + "\n")
 
-    def _gather_skipped_samples(self) -> dict[str, float]:
+    def _gather_counts(self) -> dict[str, float]:
+        """Skipped samples and non-fatal errors, summed over ranks (one collective)."""
+        local = {**{f"data/skipped/{reason}": n for reason, n in self.skipped_samples.items()},
+                 **{f"errors/{kind}": n for kind, n in self.nonfatal.counts.items()}}
         per_rank = [None] * self.env.world_size
-        dist.all_gather_object(per_rank, dict(self.skipped_samples))
+        dist.all_gather_object(per_rank, local)
         total: Counter = Counter()
         for counts in per_rank:
             total.update(counts)
-        return {f"data/skipped/{reason}": float(n) for reason, n in sorted(total.items())}
+        return {name: float(n) for name, n in sorted(total.items())}
+
+    def _evaluate(self) -> dict[str, float]:
+        """Rank 0 evaluates the checkpoint just written; the other ranks go on to the next step."""
+        if not self.env.is_main:
+            return {}
+        with self.nonfatal("eval"):
+            faults.maybe_raise("eval", self.step)
+            return self.task.evaluate(self.checkpointer.dir / step_dirname(self.step))
+        return {}
+
+    def _stop(self, saved: bool) -> RunStopped | None:
+        """Why the run must stop after this step (its checkpoint ``saved`` or not), if it must."""
+        cfg = self.cfg.trainer
+        kept = (f"checkpoint step {self.step} written" if saved else
+                f"its checkpoint failed (errors/checkpoint), the latest complete one is {self.checkpointer.latest()}")
+        if self.stop_requested:
+            return RunStopped(f"preempted at step {self.step} (signal {self.preemption.signal_name or 'on another rank'}); "
+                              f"{kept}; exit code {REQUEUE_EXIT_CODE}: requeue or re-run the same command to "
+                              f"continue", REQUEUE_EXIT_CODE)
+        if self.bad_streak >= cfg.max_bad_steps:
+            return RunStopped(f"{self.bad_streak} consecutive non-finite steps (steps {self.step - self.bad_streak + 1}"
+                              f"-{self.step}, trainer.max_bad_steps={cfg.max_bad_steps}), none applied; {kept} with "
+                              f"the last good weights. Lower optim.lr, raise optim.warmup_steps or check the data "
+                              f"(data/skipped/* in metrics.jsonl) before resuming", DIVERGED_EXIT_CODE)
+        if self.step == cfg.max_steps and not saved:
+            return RunStopped(f"finished step {self.step} but {kept}; free disk space and re-run the same command "
+                              f"to redo the steps after it", 1)
+        return None
 
     # -- the run ------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -216,27 +265,43 @@ class Trainer:
                     _truncate_log(path, self.step)
             barrier()
         logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(OmegaConf.structured(self.cfg)),
-                               self.env.is_main, self.step, cfg.max_steps, cfg.progress_bar)
+                               self.env.is_main, self.step, cfg.max_steps, cfg.progress_bar, self.nonfatal)
         data_iter = iter(self.loader)
-        last_saved = self.step if latest is not None else -1
-        try:
-            while self.step < cfg.max_steps:
-                metrics = self.train_step(data_iter)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    metrics.update(self._gather_skipped_samples())
-                    logger.log(self.step, metrics)
-                logger.advance()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-                    self.save()
-                    last_saved = self.step
-            if last_saved != self.step:
-                self.save()
-        finally:
-            logger.close()
+        with self.preemption, HangWatchdog(cfg.hang_timeout_s, self.env.rank) as watchdog:
+            try:
+                while self.step < cfg.max_steps:
+                    metrics = self.train_step(data_iter)
+                    self.nonfatal.step = self.step
+                    watchdog.beat(self.step)
+                    self.checkpointer.poll()
+                    must_stop = self.stop_requested or self.bad_streak >= cfg.max_bad_steps
+                    stop = None
+                    if must_stop or self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                        started = time.perf_counter()
+                        saved = self.save()
+                        metrics["checkpoint/stall_s"] = time.perf_counter() - started
+                        evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
+                        if must_stop or evaluate or self.step == cfg.max_steps:  # these need it on disk
+                            saved = self.checkpointer.wait() and saved
+                        if saved and evaluate:
+                            metrics.update(self._evaluate())
+                        watchdog.beat(self.step)
+                        stop = self._stop(saved)
+                    if stop or self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                        metrics.update(self._gather_counts())
+                        logger.log(self.step, metrics)
+                    logger.advance()
+                    if stop:
+                        raise stop
+                    faults.after_step(self.step, self.env.rank)
+            finally:
+                logger.close()
         barrier()
         if self.env.is_main:
-            self.task.on_train_end(self.run_dir)
+            with self.nonfatal("samples"):
+                faults.maybe_raise("samples", self.step)
+                self.task.on_train_end(self.run_dir)
             print(f"run directory: {self.run_dir}\n"
-                  f"  checkpoints: {self.checkpointer.dir} (latest: step {self.step})\n"
+                  f"  checkpoints: {self.checkpointer.dir} (latest: {self.checkpointer.latest()})\n"
                   f"  metrics:     {self.run_dir / 'metrics.jsonl'}", flush=True)
         barrier()

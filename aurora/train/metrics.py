@@ -1,4 +1,8 @@
-"""Metrics out of the loop: JSONL always, wandb when enabled, a progress bar on rank 0."""
+"""Metrics out of the loop: JSONL always, wandb when enabled, a progress bar on rank 0.
+
+Every write is non-fatal (``aurora.train.nonfatal``): a full disk under metrics.jsonl or a
+wandb server that went away is counted (``errors/metrics``, ``errors/wandb``) and the run goes on.
+"""
 
 import json
 from pathlib import Path
@@ -6,14 +10,17 @@ from pathlib import Path
 from tqdm import tqdm
 
 from aurora.config.schema import LoggingConfig
+from aurora.train import faults
+from aurora.train.nonfatal import NonFatal
 
 
 class MetricsLogger:
     """Rank 0 writes; other ranks hold a logger that does nothing, so call sites need no if."""
 
     def __init__(self, run_dir: Path, cfg: LoggingConfig, config_dict: dict, is_main: bool,
-                 start_step: int, max_steps: int, progress_bar: bool):
+                 start_step: int, max_steps: int, progress_bar: bool, nonfatal: NonFatal):
         self.active = is_main
+        self.nonfatal = nonfatal
         self.file = None
         self.wandb_run = None
         self.bar = None
@@ -21,22 +28,26 @@ class MetricsLogger:
             return
         self.file = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
         if cfg.wandb:
-            import wandb
+            with nonfatal("wandb"):
+                import wandb
 
-            self.wandb_run = wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode.value, dir=str(run_dir),
-                                        config=config_dict, resume="allow", id=Path(run_dir).resolve().name)
+                self.wandb_run = wandb.init(project=cfg.wandb_project, mode=cfg.wandb_mode.value, dir=str(run_dir),
+                                            config=config_dict, resume="allow", id=Path(run_dir).resolve().name)
         if progress_bar:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
             return
-        record = {"step": step, **metrics}
-        self.file.write(json.dumps(record) + "\n")
+        with self.nonfatal("metrics"):
+            faults.maybe_raise("metrics", step)
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}")
         if self.wandb_run is not None:
-            self.wandb_run.log(metrics, step=step)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}")
+            with self.nonfatal("wandb"):
+                faults.maybe_raise("wandb", step)
+                self.wandb_run.log(metrics, step=step)
 
     def advance(self) -> None:
         if self.bar is not None:
@@ -48,4 +59,5 @@ class MetricsLogger:
         if self.file is not None:
             self.file.close()
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            with self.nonfatal("wandb"):
+                self.wandb_run.finish()

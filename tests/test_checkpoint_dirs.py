@@ -1,0 +1,48 @@
+"""Which checkpoint a resume picks: ``latest`` when it names a complete one, else the newest
+complete directory; partial saves (``.tmp``, files missing) are never loaded."""
+
+import pytest
+
+from aurora.train.checkpoint import LATEST, complete_checkpoints, resolve_checkpoint
+
+
+def _checkpoint(root, name, files=(".metadata", "shared.pt", "rank_00000.pt")):
+    path = root / "checkpoints" / name
+    path.mkdir(parents=True)
+    for f in files:
+        (path / f).write_bytes(b"x")
+    return path
+
+
+def _point(root, name):
+    (root / "checkpoints" / LATEST).write_text(name + "\n")
+
+
+def test_latest_wins_when_complete(tmp_path):
+    older = _checkpoint(tmp_path, "step_00000002")
+    _checkpoint(tmp_path, "step_00000004")  # renamed into place, but latest never moved (a crash)
+    _point(tmp_path, "step_00000002")
+    assert resolve_checkpoint(tmp_path) == older
+
+
+@pytest.mark.parametrize("broken", ["missing", "no_shared", "no_rank_files"])
+def test_a_pointer_to_an_incomplete_checkpoint_falls_back_to_the_newest_complete(tmp_path, capsys, broken):
+    good = _checkpoint(tmp_path, "step_00000004")
+    _checkpoint(tmp_path, "step_00000002")
+    if broken == "no_shared":
+        _checkpoint(tmp_path, "step_00000006", files=(".metadata", "rank_00000.pt"))
+    elif broken == "no_rank_files":
+        _checkpoint(tmp_path, "step_00000006", files=(".metadata", "shared.pt"))
+    _point(tmp_path, "step_00000006")
+    assert resolve_checkpoint(tmp_path) == good
+    assert "names step_00000006, which is not a complete checkpoint; using step_00000004" in capsys.readouterr().err
+
+
+def test_partial_saves_are_never_candidates(tmp_path):
+    _checkpoint(tmp_path, "step_00000008.tmp")
+    _checkpoint(tmp_path, "step_00000010", files=("rank_00000.pt",))
+    assert complete_checkpoints(tmp_path / "checkpoints") == []
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        resolve_checkpoint(tmp_path)
+    steps = [_checkpoint(tmp_path, f"step_{s:08d}") for s in (12, 4, 100)]
+    assert complete_checkpoints(tmp_path / "checkpoints") == [steps[1], steps[0], steps[2]]
