@@ -4,6 +4,7 @@
 code   meaning
 =====  ==========================================================================================
 0      finished ``trainer.max_steps``
+1      an error (a traceback says where), or the last step's checkpoint could not be written
 2      bad input (config, shard paths, manifests): the message says what to fix
 3      diverged: ``trainer.max_bad_steps`` consecutive non-finite steps (a checkpoint of the last
        good weights was written)
