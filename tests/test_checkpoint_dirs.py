@@ -46,3 +46,13 @@ def test_partial_saves_are_never_candidates(tmp_path):
         resolve_checkpoint(tmp_path)
     steps = [_checkpoint(tmp_path, f"step_{s:08d}") for s in (12, 4, 100)]
     assert complete_checkpoints(tmp_path / "checkpoints") == [steps[1], steps[0], steps[2]]
+
+
+def test_loading_a_checkpoint_without_its_shared_state_says_what_to_do(tmp_path):
+    from aurora.train.checkpoint import Checkpointer
+    from aurora.train.nonfatal import NonFatal
+
+    path = _checkpoint(tmp_path, "step_00000002", files=(".metadata", "rank_00000.pt"))
+    checkpointer = Checkpointer(tmp_path, env=None, nonfatal=NonFatal(0))
+    with pytest.raises(FileNotFoundError, match="lacks its rank_.*shared.pt files: .* resume from an earlier"):
+        checkpointer.load(path, {})

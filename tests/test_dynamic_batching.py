@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -97,6 +98,17 @@ def test_token_shards_bucket_by_frames(token_shards):
         frames = batch["lengths"].tolist()
         assert batch["codes"].shape[-1] == max(frames)
         assert len(frames) * max(frames) / manifest["frame_rate"] <= 4.0
+
+
+def test_token_shards_without_a_frame_rate_cannot_be_bucketed(token_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(token_shards, shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    del manifest["frame_rate"]
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    cfg = DataConfig(shards=str(shards), batching="dynamic", context_frames=40, num_workers=0)
+    with pytest.raises(DataError, match="manifest has no frame_rate: re-create the token shards"):
+        build_loader(cfg, "tokens", 0, 1, seed=0)
 
 
 @pytest.mark.parametrize("overrides, message", [

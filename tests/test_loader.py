@@ -383,3 +383,9 @@ def test_token_resume(hand_token_shards):
     continued = take(resumed_after(cfg, "tokens", 0, 5), 4)
     assert keys(continued) == keys(reference[5:])
     assert all(torch.equal(a["codes"], b["codes"]) for a, b in zip(continued, reference[5:]))
+
+
+def test_a_dali_position_is_refused_by_the_native_reader(audio_shards):
+    loader = build_loader(config(audio_shards), "audio", 0, 1, seed=0)
+    with pytest.raises(DataError, match="saved by data.backend=dali: resume with data.backend=dali"):
+        loader.load_state_dict([{"backend": "dali", "version": 1}])
