@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from aurora.config.schema import EngineConfig
+from aurora.config.schema import TrainConfig
 from aurora.dist import DistEnv
 from aurora.engines import build_engine
 from aurora.tasks.dead_codes import DeadCodeReset
@@ -19,7 +19,7 @@ def world_of_one():
 
 def test_unused_codes_are_replaced_by_lookup_inputs(world_of_one):
     n_q, K, d, every = 2, 8, 4, 3
-    engine = build_engine(EngineConfig(), world_of_one)
+    engine = build_engine(TrainConfig(), world_of_one)
     codebooks = [torch.nn.Parameter(torch.randn(K, d)) for _ in range(n_q)]
     before = [c.detach().clone() for c in codebooks]
     reset = DeadCodeReset(n_q, K, d, every, seed=0, device=torch.device("cpu"))
@@ -42,7 +42,7 @@ def test_unused_codes_are_replaced_by_lookup_inputs(world_of_one):
 
 
 def test_disabled(world_of_one):
-    engine = build_engine(EngineConfig(), world_of_one)
+    engine = build_engine(TrainConfig(), world_of_one)
     reset = DeadCodeReset(1, 4, 2, every=0, seed=0, device=torch.device("cpu"))
     assert reset.maybe_reset(10, [torch.nn.Parameter(torch.randn(4, 2))], engine) == 0
 

@@ -1,7 +1,10 @@
 """Distributed runs against a single-process run of the same global batches (gloo, CPU).
 
-2-process DDP and 2-process FSDP2 must give the losses, first-step gradients and final
-weights of a 1-process run; 4 accumulated micro-batches must equal one step on the 4x batch.
+2-process DDP, FSDP2 and DeepSpeed ZeRO-1/2/3 must give the losses, gradient norms and final
+weights of a 1-process run (and DDP/FSDP2 its first-step gradients; DeepSpeed keeps its reduced
+gradients in its own partitions), within rtol 2e-4 / atol 2e-5: the engines only change how
+the same sums are split and reduced. Accumulated micro-batches must equal one step on the
+large batch, on every engine.
 """
 
 import pytest
@@ -30,10 +33,19 @@ def _run(tmp_path, recipe: str, shards, nproc: int, name: str, *overrides: str) 
     return torch.load(out)
 
 
+ENGINES = {
+    "ddp": ["engine.name=ddp"],
+    "fsdp": ["engine.name=fsdp"],
+    **{f"zero{s}": ["engine.name=deepspeed", f"engine.zero_stage={s}"] for s in (1, 2, 3)},
+}
+
+
 def _assert_same(ref: dict, other: dict, rtol: float, atol: float) -> None:
     assert ref["losses"] == pytest.approx(other["losses"], rel=rtol, abs=atol)
-    assert ref["grads"].keys() == other["grads"].keys()
-    for name in ref["grads"]:
+    norms = [[m["grad_norm"] for m in run["metrics"]] for run in (ref, other)]
+    assert norms[0] == pytest.approx(norms[1], rel=rtol, abs=atol)
+    assert not other["grads"] or ref["grads"].keys() == other["grads"].keys()
+    for name in other["grads"]:
         torch.testing.assert_close(other["grads"][name], ref["grads"][name], rtol=rtol, atol=atol, msg=name)
     for name in ref["params"]:
         torch.testing.assert_close(other["params"][name], ref["params"][name], rtol=rtol, atol=atol, msg=name)
@@ -45,13 +57,13 @@ def shard_sets(audio_shards, token_shards):
 
 
 @pytest.mark.parametrize("recipe", ["lm", "codec"])
-def test_ddp_and_fsdp_match_single_process(tmp_path, shard_sets, recipe):
+def test_every_engine_matches_single_process(tmp_path, shard_sets, recipe):
     shards = shard_sets[recipe]
     single = _run(tmp_path, recipe, shards, 1, "single", "engine.name=ddp")
     assert all(torch.isfinite(torch.tensor(single["losses"])))
     assert any(g.abs().sum() > 0 for g in single["grads"].values())
-    for engine in ("ddp", "fsdp"):
-        dist = _run(tmp_path, recipe, shards, 2, engine, f"engine.name={engine}")
+    for engine, overrides in ENGINES.items():
+        dist = _run(tmp_path, recipe, shards, 2, engine, *overrides)
         _assert_same(single, dist, rtol=2e-4, atol=2e-5)
 
 
@@ -59,8 +71,9 @@ def test_accumulation_equals_large_batch(tmp_path, token_shards):
     large = _run(tmp_path, "lm", token_shards, 1, "large", "trainer.grad_accum_steps=1")
     accum = _run(tmp_path, "lm", token_shards, 1, "accum", "trainer.grad_accum_steps=4")
     _assert_same(large, accum, rtol=1e-4, atol=1e-5)
-    accum_ddp = _run(tmp_path, "lm", token_shards, 2, "accum_ddp", "trainer.grad_accum_steps=2")
-    _assert_same(large, accum_ddp, rtol=2e-4, atol=2e-5)
+    for engine, overrides in ENGINES.items():
+        accum_dist = _run(tmp_path, "lm", token_shards, 2, f"accum_{engine}", "trainer.grad_accum_steps=2", *overrides)
+        _assert_same(large, accum_dist, rtol=2e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])

@@ -16,6 +16,22 @@ from aurora.data.config import DataConfig
 class EngineName(str, Enum):
     ddp = "ddp"
     fsdp = "fsdp"
+    deepspeed = "deepspeed"
+
+
+class SyncMode(str, Enum):
+    flat = "flat"
+    hierarchical = "hierarchical"
+
+
+class OuterOptimizer(str, Enum):
+    average = "average"
+    nesterov = "nesterov"
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
 
 
 class Precision(str, Enum):
@@ -87,12 +103,17 @@ class TrainerConfig:
 
 @dataclass
 class OptimConfig:
+    name: OptimizerName = OptimizerName.adamw
+    """adamw, or sgd (with ``momentum``; its update is linear in the gradient, which makes
+    model averaging across nodes every step equal plain data parallelism)."""
     lr: float = 3e-4
-    """Peak learning rate (AdamW)."""
+    """Peak learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW betas."""
+    momentum: float = 0.0
+    """SGD momentum."""
     weight_decay: float = 0.1
-    """AdamW decoupled weight decay."""
+    """Weight decay of matrices (decoupled in AdamW, L2 in SGD); norms and biases get none."""
     eps: float = 1e-8
     """AdamW epsilon."""
     warmup_steps: int = 0
@@ -107,15 +128,71 @@ class OptimConfig:
 @dataclass
 class EngineConfig:
     name: EngineName = EngineName.ddp
-    """Data-parallel engine: ddp (replicated model) or fsdp (FSDP2 fully_shard per block)."""
-    bucket_cap_mb: float = 100.0
-    """DDP gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
-    25 MiB default is tuned for small models."""
-    reshard_after_forward: bool = True
-    """FSDP2: free gathered parameters after forward (ZeRO-3 style, less memory) or keep them
-    until backward (ZeRO-2 style, less communication)."""
+    """Data-parallel engine: ddp (replicated model), fsdp (FSDP2 fully_shard per block) or
+    deepspeed (ZeRO stage ``zero_stage``, configured from these fields)."""
     precision: Precision = Precision.fp32
     """Compute precision: fp32, or bf16 autocast (parameters and optimizer state stay fp32)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward instead of keeping them (less memory,
+    about one more forward of compute). Parameter names do not change."""
+    compile: bool = False
+    """``torch.compile`` each block (the shard units) in place before wrapping."""
+    bucket_cap_mb: float = 100.0
+    """ddp: gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
+    25 MiB default is tuned for small models."""
+    reshard_after_forward: bool = True
+    """fsdp: free gathered parameters after forward (ZeRO-3 style, less memory) or keep them
+    until backward (ZeRO-2 style, less communication)."""
+    prefetch: int = 0
+    """fsdp: blocks whose parameter all-gather is issued ahead of use, in forward and in
+    backward (explicit prefetching); 0 keeps FSDP2's implicit prefetching."""
+    hsdp: bool = False
+    """fsdp: hybrid sharding on a (replicate, shard) mesh: parameters sharded over the GPUs of
+    one node, replicated across nodes (gradients reduce-scattered in the node, all-reduced
+    across nodes)."""
+    zero_stage: int = 2
+    """deepspeed: ZeRO stage. 1 partitions optimizer state, 2 also gradients, 3 also parameters."""
+    reduce_bucket_size: int = 200_000_000
+    """deepspeed: elements (not bytes) per gradient reduce bucket."""
+    allgather_bucket_size: int = 200_000_000
+    """deepspeed: elements (not bytes) per parameter all-gather bucket (stage 1/2); stage 3's
+    prefetch bucket."""
+    overlap_comm: bool = True
+    """deepspeed: overlap gradient reduction with backward."""
+    offload_optimizer: bool = False
+    """deepspeed: keep optimizer state (and its update) in CPU memory."""
+    deepspeed_config: Optional[str] = None
+    """deepspeed: a JSON file merged over the configuration generated from these fields (its
+    keys win), for settings aurora does not expose."""
+
+    def __post_init__(self):
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"engine.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.prefetch < 0:
+            raise ValueError(f"engine.prefetch must be >= 0, got {self.prefetch}")
+        if self.hsdp and self.name != EngineName.fsdp:
+            raise ValueError(f"engine.hsdp=true needs engine.name=fsdp (got {self.name.value})")
+
+
+@dataclass
+class SyncConfig:
+    mode: SyncMode = SyncMode.flat
+    """flat: every step synchronises gradients over all ranks. hierarchical: gradients are
+    synchronised inside each node every step, parameters averaged across nodes every
+    ``outer_every`` steps (local SGD / DiLoCo), so inter-node links carry one exchange per K steps."""
+    outer_every: int = 8
+    """hierarchical: steps between two cross-node parameter averages."""
+    outer_optimizer: OuterOptimizer = OuterOptimizer.average
+    """hierarchical: average (plain model averaging) or nesterov (DiLoCo: SGD with Nesterov
+    momentum on the averaged change since the last outer step)."""
+    outer_lr: float = 0.7
+    """hierarchical, nesterov: outer learning rate."""
+    outer_momentum: float = 0.9
+    """hierarchical, nesterov: outer momentum."""
+
+    def __post_init__(self):
+        if self.outer_every < 1:
+            raise ValueError(f"sync.outer_every must be >= 1, got {self.outer_every}")
 
 
 @dataclass
@@ -146,6 +223,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -156,6 +234,17 @@ class TrainConfig:
             raise ValueError(f"trainer.hang_timeout_s ({hang:g}) must be shorter than dist.timeout_s "
                              f"({self.dist.timeout_s}), so the watchdog reports a hang before a collective "
                              f"times out; raise dist.timeout_s or lower trainer.hang_timeout_s")
+        engine = self.engine
+        if engine.name == EngineName.deepspeed:
+            if self.trainer.clip_grad_value is not None:
+                raise ValueError("trainer.clip_grad_value is not supported by engine.name=deepspeed (it clips "
+                                 "by norm only): set trainer.clip_grad_value=null")
+            if self.trainer.async_checkpoint:
+                raise ValueError("trainer.async_checkpoint is not supported by engine.name=deepspeed (its "
+                                 "checkpoints go through DeepSpeed's own save): set trainer.async_checkpoint=false")
+        if self.sync.mode == SyncMode.hierarchical and (engine.name == EngineName.deepspeed or engine.hsdp):
+            raise ValueError("sync.mode=hierarchical needs engine.name=ddp or fsdp without engine.hsdp (it "
+                             "replaces the cross-node gradient sync that hsdp and deepspeed do every step)")
         if self.trainer.eval_every:
             if self.trainer.eval_every % self.trainer.checkpoint_every:
                 raise ValueError(f"trainer.eval_every ({self.trainer.eval_every}) must be a multiple of "

@@ -1,14 +1,16 @@
-from aurora.config.schema import EngineConfig, EngineName
+from aurora.config.schema import EngineName, TrainConfig
 from aurora.dist import DistEnv
 from aurora.engines.base import Engine
 from aurora.engines.ddp import DDPEngine
 from aurora.engines.fsdp import FSDPEngine
 
-_ENGINES = {EngineName.ddp: DDPEngine, EngineName.fsdp: FSDPEngine}
 
+def build_engine(cfg: TrainConfig, env: DistEnv) -> Engine:
+    if cfg.engine.name == EngineName.deepspeed:
+        from aurora.engines.deepspeed import DeepSpeedEngine  # imports deepspeed: only when asked for
 
-def build_engine(cfg: EngineConfig, env: DistEnv) -> Engine:
-    return _ENGINES[cfg.name](cfg, env)
+        return DeepSpeedEngine(cfg, env)
+    return {EngineName.ddp: DDPEngine, EngineName.fsdp: FSDPEngine}[cfg.engine.name](cfg, env)
 
 
 __all__ = ["Engine", "build_engine"]

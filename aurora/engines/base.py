@@ -2,23 +2,46 @@
 
 import contextlib
 from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+
 import torch
 from torch import nn
+from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from aurora.config.schema import EngineConfig, Precision
+from aurora.config.schema import Precision, SyncMode, TrainConfig
 from aurora.dist import DistEnv
+from aurora.dist.mesh import node_mesh
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 class Engine(ABC):
-    def __init__(self, cfg: EngineConfig, env: DistEnv):
-        self.cfg = cfg
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        self.cfg = cfg.engine
+        self.trainer_cfg = cfg.trainer
         self.env = env
+        self.hierarchical = cfg.sync.mode == SyncMode.hierarchical
+        self.mesh = node_mesh(env) if self.hierarchical or self.cfg.hsdp else None
+        """The (replicate, shard) mesh of nodes, when the engine syncs by node."""
+
+    def prepare(self, model: nn.Module, shard_units: list[nn.Module],
+                make_optimizer: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module to train and its optimizer. ``shard_units`` are the blocks a sharding
+        engine wraps one by one (transformer layers, codec stages); activation checkpointing and
+        compilation apply per block, in place, so parameter names stay the model's own."""
+        for unit in shard_units:
+            if self.cfg.activation_checkpointing:
+                checkpoint_activations(unit)
+            if self.cfg.compile:
+                unit.compile()
+        model = self.wrap(model, shard_units)
+        return model, make_optimizer(model)
 
     @abstractmethod
     def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
-        """Return the module to train. ``shard_units`` are the blocks a sharding engine wraps
-        one by one (transformer layers, codec stages)."""
+        """Return the module to train (on this rank's device)."""
 
     @abstractmethod
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -33,16 +56,20 @@ class Engine(ABC):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def clip_gradients(self, model: nn.Module, max_value: float | None, max_norm: float | None) -> torch.Tensor:
-        """Clip by value, then by global norm; return the global norm before norm clipping."""
+    def apply_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, update: bool) -> tuple[bool, torch.Tensor]:
+        """Clip (by value, then by global norm), step the optimizer if ``update`` (every rank
+        passes the same) and the gradients are finite, and clear the gradients. Returns whether
+        the update was applied and the global gradient norm before clipping."""
         params = [p for p in model.parameters() if p.grad is not None]
-        if max_value is not None:
-            torch.nn.utils.clip_grad_value_(params, max_value)
-        norm = torch.nn.utils.clip_grad_norm_(params, float("inf") if max_norm is None else max_norm)
-        return self._local(norm)
-
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+        if self.trainer_cfg.clip_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(params, self.trainer_cfg.clip_grad_value)
+        max_norm = self.trainer_cfg.clip_grad_norm
+        norm = self._local(torch.nn.utils.clip_grad_norm_(params, float("inf") if max_norm is None else max_norm))
+        applied = update and bool(torch.isfinite(norm))  # the norm is global: the same on every rank
+        if applied:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return applied, norm
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The user's module inside whatever ``wrap`` returned (to reach its submodules)."""
@@ -55,7 +82,8 @@ class Engine(ABC):
 
     @torch.no_grad()
     def write_full(self, param: torch.Tensor, value: torch.Tensor) -> None:
-        """Set the whole parameter; every rank passes the same ``value``."""
+        """Set the whole parameter (and whatever master copy the optimizer steps); every rank
+        passes the same ``value``."""
         param.copy_(value)
 
     def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -66,6 +94,13 @@ class Engine(ABC):
     def load_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(strict=True))
+
+    def save_native(self, model: nn.Module, path: Path) -> None:
+        """Write the files an engine keeps in its own format into checkpoint directory ``path``
+        (collective); DCP engines keep everything in ``state_dict``."""
+
+    def load_native(self, model: nn.Module, path: Path) -> None:
+        """Read what ``save_native`` wrote (collective)."""
 
     @staticmethod
     def _local(t: torch.Tensor) -> torch.Tensor:

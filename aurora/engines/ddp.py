@@ -1,10 +1,13 @@
-"""DistributedDataParallel: the model replicated on every rank, gradients all-reduced in buckets."""
+"""DistributedDataParallel: the model replicated on every rank, gradients all-reduced in buckets
+of ``engine.bucket_cap_mb`` MiB, overlapped with backward. Under ``sync.mode=hierarchical`` the
+all-reduce spans the ranks of one node only."""
 
 import contextlib
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from aurora.dist.mesh import SHARD
 from aurora.engines.base import Engine
 
 
@@ -12,8 +15,11 @@ class DDPEngine(Engine):
     def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
         model = model.to(self.env.device)
         device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        # DDP broadcasts rank 0's parameters at construction, so all replicas start equal.
-        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_cap_mb)
+        group = self.mesh.get_group(SHARD) if self.hierarchical else None
+        # DDP broadcasts the group's first rank's parameters at construction; the seed already
+        # made them equal on every rank, which hierarchical sync relies on across nodes.
+        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_cap_mb,
+                                       process_group=group)
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext() if enabled else model.no_sync()

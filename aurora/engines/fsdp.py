@@ -1,21 +1,30 @@
 """FSDP2: ``fully_shard`` on each block, then on the root; parameters are DTensors sharded
-over the data-parallel mesh, gathered per block for compute."""
+over the data-parallel mesh, gathered per block for compute.
+
+Meshes: the whole world (default); ``(replicate, shard)`` with shard = one node for HSDP
+(``engine.hsdp``); one node alone under ``sync.mode=hierarchical``, whose cross-node exchange
+is the periodic parameter average instead."""
 
 import contextlib
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import distribute_tensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from aurora.config.schema import Precision
+from aurora.dist.mesh import SHARD, flat_mesh
 from aurora.engines.base import Engine
 
 
 class FSDPEngine(Engine):
     def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
-        mesh = init_device_mesh(self.env.device.type, (self.env.world_size,), mesh_dim_names=("shard",))
+        if self.cfg.hsdp:
+            mesh = self.mesh
+        elif self.hierarchical:
+            mesh = self.mesh[SHARD]
+        else:
+            mesh = flat_mesh(self.env)
         model = model.to(self.env.device)
         mp = MixedPrecisionPolicy()
         if self.cfg.precision == Precision.bf16:
@@ -24,6 +33,11 @@ class FSDPEngine(Engine):
             fully_shard(unit, mesh=mesh, reshard_after_forward=self.cfg.reshard_after_forward, mp_policy=mp)
         # The root keeps its parameters gathered after forward: backward needs them at once.
         fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp)
+        depth = self.cfg.prefetch
+        if depth:
+            for i, unit in enumerate(shard_units):
+                unit.set_modules_to_forward_prefetch(shard_units[i + 1:i + 1 + depth])
+                unit.set_modules_to_backward_prefetch(shard_units[max(0, i - depth):i][::-1])
         return model
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:

@@ -36,6 +36,7 @@ import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -156,18 +157,20 @@ class Checkpointer:
             return None
 
     # -- saving -------------------------------------------------------------------------------
-    def save(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> bool:
-        """Save on every rank (collective). ``shared_state`` is written by the main rank alone.
+    def save(self, step: int, app_state: dict, rank_state: dict, shared_state: dict,
+             native: Callable[[Path], None] | None = None) -> bool:
+        """Save on every rank (collective). ``shared_state`` is written by the main rank alone;
+        ``native(directory)`` writes an engine's own files beside DCP's (synchronously).
         Returns False when the save was skipped after a failure (already reported)."""
         self.wait()
-        outcome, error = self._write(step, app_state, rank_state, shared_state)
+        outcome, error = self._write(step, app_state, rank_state, shared_state, native)
         if outcome == _DISK_FULL:
             if self.env.is_main:
                 freed = self._delete_all_but_latest()
                 print(f"aurora: disk full while saving {step_dirname(step)}; deleted {freed or 'no'} older "
                       f"checkpoints (kept the latest complete one) and retrying once", file=sys.stderr, flush=True)
             barrier()
-            outcome, error = self._write(step, app_state, rank_state, shared_state)
+            outcome, error = self._write(step, app_state, rank_state, shared_state, native)
         if outcome != _OK:
             self._abandon(step, error, "disk full" if outcome == _DISK_FULL else "failed")
             return False
@@ -175,7 +178,8 @@ class Checkpointer:
             self._finalize(step)
         return True
 
-    def _write(self, step: int, app_state: dict, rank_state: dict, shared_state: dict) -> tuple[int, BaseException | None]:
+    def _write(self, step: int, app_state: dict, rank_state: dict, shared_state: dict,
+               native: Callable[[Path], None] | None) -> tuple[int, BaseException | None]:
         tmp = self.dir / (step_dirname(step) + ".tmp")
         if self.env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -192,6 +196,12 @@ class Checkpointer:
             try:  # every rank enters DCP's collectives, even one whose own files failed
                 dcp.save(app_state, storage_writer=_Writer(tmp, self.dir))
             except (Exception, CheckpointException) as e:  # DCP raises on every rank when any failed
+                outcome, error = max(outcome, _DISK_FULL if _is_disk_full(e) else _FAILED), error or e
+        if native is not None:
+            try:
+                faults.check_disk_quota(self.dir)
+                native(tmp)
+            except Exception as e:
                 outcome, error = max(outcome, _DISK_FULL if _is_disk_full(e) else _FAILED), error or e
         agreed = torch.tensor(outcome, device=self.env.device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
@@ -280,6 +290,12 @@ def load_model_weights(model: nn.Module, path: str | Path) -> Path:
     """Load the model part of a training checkpoint into a plain (unwrapped) module, in this
     process alone (no collectives): for evaluation, tokenizing, sampling and export."""
     ckpt = resolve_checkpoint(path)
+    from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
+
+    native = consolidated_weights(ckpt)
+    if native is not None:
+        model.load_state_dict(native)
+        return ckpt
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -3,9 +3,11 @@
 One optimizer step = ``grad_accum_steps`` micro-batches, fetched first (one small all-reduce
 sums their valid units over ranks, so each micro-batch's loss is weighted by its share of the
 step: batches of any size count fairly) → forward/backward each (gradients synchronised on the
-last only) → clip by value, then by norm → one all-reduce that tells every rank whether any rank
-saw a non-finite loss or gradient (then all skip the update together) and whether any rank
-was asked to stop (preemption) → LR schedule → checkpoint → evaluation → metrics.
+last only) → one all-reduce that tells every rank whether any rank saw a non-finite loss and
+whether any rank was asked to stop (preemption), and carries every logged number → the
+engine clips (by value, then by global norm) and steps, unless a loss or the gradient norm is
+non-finite (then every rank skips the update) → cross-node parameter average every K steps
+(``sync.mode=hierarchical``) → LR schedule → checkpoint → evaluation → metrics.
 
 What keeps a long job alive lives beside the loop, one module each: ``nonfatal`` (work whose
 failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``preemption``
@@ -22,8 +24,11 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from aurora.config import TrainConfig, to_yaml
+from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
 from aurora.dist import DistEnv, all_reduce_sum, barrier
+from aurora.dist.hierarchical import HierarchicalSync
+from aurora.dist.mesh import REPLICATE
 from aurora.engines import build_engine
 from aurora.tasks.base import Task
 from aurora.train import faults
@@ -37,13 +42,15 @@ from aurora.train.stops import DIVERGED_EXIT_CODE, RunStopped
 from aurora.train.watchdog import HangWatchdog
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (norms, biases) do not."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; matrices decay, vectors (norms, biases) do not."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
+    if cfg.name == OptimizerName.sgd:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
@@ -79,10 +86,13 @@ class Trainer:
 
         seed_everything(cfg.run.seed)  # the same initial weights on every rank
         self.task = task_cls(cfg, env)
-        self.engine = build_engine(cfg.engine, env)
+        self.engine = build_engine(cfg, env)
         raw_model = self.task.build_model()
-        self.model = self.engine.wrap(raw_model, self.task.shard_units(raw_model))
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.model, self.optimizer = self.engine.prepare(raw_model, self.task.shard_units(raw_model),
+                                                         lambda model: build_optimizer(model, cfg.optim))
+        self.outer_sync = None
+        if cfg.sync.mode == SyncMode.hierarchical:
+            self.outer_sync = HierarchicalSync(cfg.sync, self.engine.mesh.get_group(REPLICATE), self.model)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
         self.nonfatal = NonFatal(env.rank)
@@ -106,15 +116,24 @@ class Trainer:
 
     def save(self) -> bool:
         """Checkpoint this step on every rank; False if the save failed and was skipped."""
+        if self.outer_sync is not None and not self.outer_sync.due(self.step):
+            # Nodes hold different weights between outer steps; a checkpoint holds one copy.
+            self.outer_sync.outer_step()
         rank_state = {"rng": rng_state(), "task": self.task.state_dict()}
+        if self.outer_sync is not None:
+            rank_state["outer_sync"] = self.outer_sync.state_dict()
         shared = [None] * self.env.world_size
         dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
-        return self.checkpointer.save(self.step, self._app_state(), rank_state, {"ranks": shared})
+        return self.checkpointer.save(self.step, self._app_state(), rank_state, {"ranks": shared},
+                                      native=lambda path: self.engine.save_native(self.model, path))
 
     def resume(self, path: Path) -> None:
         app_state = self._app_state()
         rank_state, shared = self.checkpointer.load(path, app_state)
         self.engine.load_state_dict(self.model, self.optimizer, app_state["model"], app_state["optim"])
+        self.engine.load_native(self.model, path)
+        if self.outer_sync is not None and "outer_sync" in rank_state:
+            self.outer_sync.load_state_dict(rank_state["outer_sync"])
         self.scheduler.load_state_dict(app_state["trainer"]["scheduler"])
         self.step = app_state["trainer"]["step"]
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
@@ -168,7 +187,6 @@ class Trainer:
             for name, value in metrics.items():
                 metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
 
-        grad_norm = self.engine.clip_gradients(self.model, cfg.clip_grad_value, cfg.clip_grad_norm)
         # One collective for the skip decision, the stop request and every logged number.
         names = sorted(metric_sums)
         item_names = sorted(items)
@@ -181,18 +199,18 @@ class Trainer:
         ])
         summed = all_reduce_sum(local).tolist()
         world = self.env.world_size
-        finite = summed[1] == 0 and torch.isfinite(grad_norm).item()
         self.stop_requested = summed[2] > 0
-        if finite:
-            self.engine.step(self.optimizer)
+        applied, grad_norm = self.engine.apply_step(self.model, self.optimizer, update=summed[1] == 0)
+        if applied:
             self.bad_streak = 0
         else:
             self.skipped_steps += 1
             self.bad_streak += 1
-        self.optimizer.zero_grad(set_to_none=True)
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
+        if self.outer_sync is not None and self.outer_sync.due(self.step):
+            self.outer_sync.outer_step()
         task_metrics = self.task.after_step(self.model, self.engine, self.step)
 
         elapsed = time.perf_counter() - started

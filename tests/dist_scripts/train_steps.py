@@ -58,22 +58,24 @@ def main() -> None:
     env = init_distributed(cfg.dist)
     trainer = Trainer(cfg, task_cls, env)
     first_grads = {}
-    real_step = trainer.engine.step
+    real_step = trainer.engine.apply_step
 
-    def recording_step(optimizer):
-        if not first_grads:
+    def recording_step(model, optimizer, update):
+        # DeepSpeed keeps its reduced gradients in its own partitions: only the others are recorded.
+        if not first_grads and cfg.engine.name != "deepspeed":
             for name, p in trainer.model.named_parameters():
                 first_grads[name.removeprefix("module.")] = full(p.grad)
-        real_step(optimizer)
+        return real_step(model, optimizer, update)
 
-    trainer.engine.step = recording_step
+    trainer.engine.apply_step = recording_step
     losses, metrics = [], []
     for step in range(STEPS):
         batch = global_batches(task_cls.data_kind, cfg, step)
         micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
         metrics.append(trainer.train_step(iter(micro)))
         losses.append(metrics[-1]["loss"])
-    params = {name.removeprefix("module."): full(p) for name, p in trainer.model.named_parameters()}
+    params = {name.removeprefix("module."): full(trainer.engine.read_full(p))
+              for name, p in trainer.model.named_parameters()}
     # Replicas must hold the same weights (DDP never re-syncs them after construction).
     checksum = torch.stack([p.double().sum() for p in params.values()])
     replicas = [torch.empty_like(checksum) for _ in range(env.world_size)]

@@ -1,0 +1,69 @@
+"""Hierarchical sync: gradients all-reduced inside each node every step (the engine's group is
+the node), parameters averaged across nodes every ``sync.outer_every`` steps.
+
+The cross-node exchange is one all-reduce of this rank's parameters (its shard, under FSDP)
+with its peers of the same local rank on the other nodes: each peer holds the same part of the
+model, so averaging over that group averages every node's copy. With
+``outer_optimizer=nesterov`` the average is not taken as is: the change since the last outer
+step is an outer gradient, stepped by SGD with Nesterov momentum (DiLoCo, Douillard et al.
+2023) from the last outer step's weights.
+
+torch's ``PeriodicModelAverager`` does the plain average, but it rebinds ``param.data`` to a
+slice of a flat buffer, which cuts FSDP2's DTensor off its local shard; this averages in place.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from aurora.config.schema import OuterOptimizer, SyncConfig
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
+class HierarchicalSync:
+    def __init__(self, cfg: SyncConfig, cross_node_group: dist.ProcessGroup, model: nn.Module):
+        self.cfg = cfg
+        self.group = cross_node_group
+        self.params = [_local(p.detach()) for p in model.parameters()]
+        self.nesterov = cfg.outer_optimizer == OuterOptimizer.nesterov
+        self.anchor = [p.clone() for p in self.params] if self.nesterov else []
+        """Weights after the last outer step (nesterov)."""
+        self.momentum = [torch.zeros_like(p) for p in self.params] if self.nesterov else []
+        self.outer_steps = 0
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.outer_every == 0
+
+    @torch.no_grad()
+    def outer_step(self) -> None:
+        """Average the parameters across nodes (then the outer optimizer step); collective over
+        the cross-node group, so every rank calls it at the same step."""
+        flat = torch.cat([p.reshape(-1) for p in self.params])
+        dist.all_reduce(flat, group=self.group)
+        flat /= dist.get_world_size(self.group)
+        average = flat.split([p.numel() for p in self.params])
+        for i, p in enumerate(self.params):
+            avg = average[i].view_as(p)
+            if self.nesterov:
+                delta = self.anchor[i] - avg  # the outer gradient
+                self.momentum[i].mul_(self.cfg.outer_momentum).add_(delta)
+                self.anchor[i].sub_(self.cfg.outer_lr * (delta + self.cfg.outer_momentum * self.momentum[i]))
+                avg = self.anchor[i]
+            p.copy_(avg)
+        self.outer_steps += 1
+
+    def state_dict(self) -> dict:
+        return {"outer_steps": self.outer_steps, "anchor": self.anchor, "momentum": self.momentum}
+
+    def load_state_dict(self, state: dict) -> None:
+        shapes_match = [a.shape for a in state["anchor"]] == [a.shape for a in self.anchor]
+        self.outer_steps = state["outer_steps"]
+        if shapes_match:
+            for mine, saved in zip(self.anchor + self.momentum, state["anchor"] + state["momentum"]):
+                mine.copy_(saved)
+        else:  # another layout (elastic resume): start the outer optimizer afresh from the weights
+            self.anchor = [p.clone() for p in self.params] if self.nesterov else []
+            self.momentum = [torch.zeros_like(p) for p in self.params] if self.nesterov else []

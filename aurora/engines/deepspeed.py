@@ -1,0 +1,181 @@
+"""DeepSpeed ZeRO (stage 1, 2 or 3), configured from aurora's engine fields.
+
+The DeepSpeed configuration is generated (``deepspeed_config_dict``): ZeRO stage, bucket sizes
+in elements, ``overlap_comm``, optional CPU offload of the optimizer state, gradient clipping
+and accumulation; a user JSON (``engine.deepspeed_config``) is merged over it. The loop's own
+AdamW and LR schedule are kept: DeepSpeed wraps the optimizer and steps it.
+
+Precision: bf16 runs as torch autocast around DeepSpeed's fp32 parameters (as on the other
+engines), so gradients are reduced in fp32.
+
+Gradient accumulation is DeepSpeed's own: the loop marks the last micro-batch as the boundary.
+Stages 1 reduce once per step; stages 2 and 3 keep gradients partitioned, so they
+reduce-scatter every micro-batch. DeepSpeed clips by norm and skips an update whose gradient
+norm is not finite (a non-finite loss on any rank makes every rank's reduced gradient
+non-finite), and reports whether it applied it.
+
+Checkpoints: the step's DCP directory carries the trainer state; model and optimizer go through
+``save_checkpoint``/``load_checkpoint`` into its ``deepspeed/`` folder. Resuming needs the same
+number of ranks (DeepSpeed's partitioned optimizer files are per rank).
+"""
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aurora.config.schema import TrainConfig
+from aurora.dist import DistEnv
+from aurora.engines.base import Engine, OptimizerFactory
+
+NATIVE_DIR = "deepspeed"
+"""Sub-folder of a checkpoint directory holding DeepSpeed's files."""
+TAG = "state"
+"""DeepSpeed's checkpoint tag inside NATIVE_DIR (each aurora checkpoint holds one)."""
+
+
+def _deepspeed(env: DistEnv):
+    # DeepSpeed picks its accelerator at import; on a machine without GPUs say so, since a CUDA
+    # build of torch would otherwise make it pick CUDA.
+    if env.device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    return deepspeed
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def deepspeed_config_dict(cfg: TrainConfig) -> dict:
+    """The DeepSpeed configuration for ``cfg``: generated, then ``engine.deepspeed_config`` over it."""
+    e = cfg.engine
+    zero = {
+        "stage": e.zero_stage,
+        "reduce_bucket_size": e.reduce_bucket_size,
+        "allgather_bucket_size": e.allgather_bucket_size,
+        "overlap_comm": e.overlap_comm,
+        "contiguous_gradients": True,
+    }
+    if e.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = e.allgather_bucket_size
+    if e.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    generated = {
+        # Bookkeeping only (DeepSpeed's sample counters): aurora's loader makes the batches.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": cfg.trainer.grad_accum_steps,
+        "gradient_clipping": cfg.trainer.clip_grad_norm or 0.0,
+        "zero_optimization": zero,
+        # aurora's AdamW (any torch optimizer) rather than DeepSpeed's fused ones, also offloaded.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**62,
+    }
+    if e.deepspeed_config is None:
+        return generated
+    path = Path(e.deepspeed_config)
+    try:
+        user = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"engine.deepspeed_config={path}: cannot read it as JSON ({err}); point it at a "
+                         f"DeepSpeed config file or set it to null") from err
+    return _merge(generated, user)
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(self, cfg: TrainConfig, env: DistEnv):
+        super().__init__(cfg, env)
+        self.ds_config = deepspeed_config_dict(cfg)
+        self.deepspeed = _deepspeed(env)
+        self.deepspeed.init_distributed(dist_backend=env.backend)
+        self.ds = None
+        """The DeepSpeed engine (set by ``prepare``)."""
+
+    def prepare(self, model: nn.Module, shard_units: list[nn.Module],
+                make_optimizer: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model, _ = super().prepare(model, shard_units, lambda m: None)
+        optimizer = make_optimizer(model)
+        self.ds, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        # The loop's LR schedule drives ``optimizer``'s param_groups, which DeepSpeed's wrapper steps.
+        return self.ds, optimizer
+
+    def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
+        return model.to(self.env.device)
+
+    def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+        self.ds.set_gradient_accumulation_boundary(enabled)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop already weights each micro-batch by its share of the step.
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def apply_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, update: bool) -> tuple[bool, torch.Tensor]:
+        # ``update`` is False only after a non-finite loss (every rank agrees): its gradients,
+        # reduced into every rank's, are non-finite too, and DeepSpeed's step skips such an update.
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        norm = torch.tensor(float("nan") if norm is None else float(norm))
+        return self.ds.was_step_applied(), norm
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model.module
+
+    def _gathered(self, param: torch.Tensor, modifier_rank=None):
+        if hasattr(param, "ds_id"):  # stage 3: partitioned, gather it for the duration
+            return self.deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def read_full(self, param: torch.Tensor) -> torch.Tensor:
+        with self._gathered(param):
+            return param.detach().clone()
+
+    @torch.no_grad()
+    def write_full(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        with self._gathered(param, modifier_rank=0):
+            param.copy_(value)
+        # The optimizer steps its own fp32 partition; the parameter is rebuilt from it.
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        safe_set_full_fp32_param(param, value.to(param.dtype))
+
+    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+        return {}, {}
+
+    def load_state_dict(self, model, optimizer, model_state: dict, optim_state: dict) -> None:
+        pass
+
+    def save_native(self, model: nn.Module, path: Path) -> None:
+        self.ds.save_checkpoint(str(path / NATIVE_DIR), tag=TAG, save_latest=False)
+
+    def load_native(self, model: nn.Module, path: Path) -> None:
+        """Restore model and optimizer; the number of ranks must be the one that saved."""
+        saved = len(list((path / NATIVE_DIR / TAG).glob("*optim_states.pt")))
+        if saved != self.env.world_size:
+            raise RuntimeError(f"{path} was written by {saved} DeepSpeed ranks and this job has "
+                               f"{self.env.world_size}: DeepSpeed's optimizer partitions are per rank. Resume "
+                               f"with {saved} ranks, or train on with engine.name=fsdp/ddp from its weights")
+        loaded, _ = self.ds.load_checkpoint(str(path / NATIVE_DIR), tag=TAG, load_lr_scheduler_states=False)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load {path / NATIVE_DIR}")
+
+
+def consolidated_weights(path: Path) -> dict[str, torch.Tensor] | None:
+    """The full fp32 model weights of checkpoint directory ``path`` if DeepSpeed wrote them (any
+    stage, merged from the partitions in this process alone), else None."""
+    native = path / NATIVE_DIR
+    if not native.is_dir():
+        return None
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(native), tag=TAG)
