@@ -57,3 +57,38 @@ def run_cmd(args: list[str], nproc: int = 0, env: dict | None = None, check: boo
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_nodes(args: list[str], nodes: int = 2, nproc_per_node: int = 2, env: dict | None = None,
+              timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """Run ``python ...args`` as a multi-node job without a cluster: one torchrun agent per
+    "node" on this machine, joined by c10d rendezvous on localhost (the first agent hosts its
+    store). Each agent's workers get that node's GROUP_RANK and LOCAL_WORLD_SIZE, as on a cluster."""
+    import time
+
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
+                "--nproc-per-node", str(nproc_per_node), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", f"nodes{os.getpid()}"]
+    agents = []
+    for _ in range(nodes):
+        agents.append(subprocess.Popen(launcher + args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True))
+        time.sleep(1.0)  # the first agent must be up to host the rendezvous store
+    results = []
+    for agent in agents:
+        out, err = agent.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(agent.args, agent.returncode, out, err))
+    for node, result in enumerate(results):
+        if result.returncode != 0:
+            raise AssertionError(f"node {node} failed ({result.returncode}): {' '.join(args)}\n"
+                                 f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}")
+    return results

@@ -39,7 +39,7 @@ def test_errors_are_one_line_and_name_the_key(override, expected):
 
 
 def test_allowed_keys_are_listed():
-    with pytest.raises(ConfigError, match="keys allowed in 'optim': lr, betas"):
+    with pytest.raises(ConfigError, match="keys allowed in 'optim': name, lr, betas, momentum"):
         load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["optim.learning_rate=1"])
 
 

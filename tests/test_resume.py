@@ -1,5 +1,6 @@
 """A run stopped at step 4 and resumed to 8 ends exactly where an uninterrupted run ends."""
 
+import pytest
 import torch
 
 from aurora.models.audio_lm import AudioLM
@@ -14,9 +15,10 @@ SMALL = ["model.backbone.num_hidden_layers=2", "model.backbone.hidden_size=64",
          "trainer.checkpoint_every=4", "trainer.progress_bar=false", "generation.num_samples=0"]
 
 
-def _train(run_dir, shards, max_steps, engine="ddp"):
+def _train(run_dir, shards, max_steps, engine="ddp", *overrides, nproc=2, check=True):
     return run_cmd(["-m", "aurora", "train", "configs/lm/tiny.yaml", f"run.dir={run_dir}", f"data.shards={shards}",
-                    f"trainer.max_steps={max_steps}", f"engine.name={engine}", *SMALL], nproc=2)
+                    f"trainer.max_steps={max_steps}", f"engine.name={engine}", *SMALL, *overrides], nproc=nproc,
+                   check=check)
 
 
 def _weights(run_dir) -> dict:
@@ -26,12 +28,15 @@ def _weights(run_dir) -> dict:
     return model.state_dict()
 
 
-def test_resume_is_bit_identical(tmp_path, token_shards):
+@pytest.mark.parametrize("engine", [["ddp"], ["deepspeed", "engine.zero_stage=3"]], ids=["ddp", "zero3"])
+def test_resume_is_bit_identical(tmp_path, token_shards, engine):
+    """DeepSpeed's checkpoint goes through its own save/load; ``_weights`` merges its ZeRO-3
+    partitions into the plain model."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _train(straight, token_shards, 8)
-    _train(resumed, token_shards, 4)
+    _train(straight, token_shards, 8, *engine)
+    _train(resumed, token_shards, 4, *engine)
     assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    out = _train(resumed, token_shards, 8)
+    out = _train(resumed, token_shards, 8, *engine)
     assert "resumed from" in out.stdout
 
     a, b = _weights(straight), _weights(resumed)
@@ -55,3 +60,11 @@ def test_fsdp_checkpoint_resumes(tmp_path, token_shards):
     steps = [m["step"] for m in read_metrics(run)]
     assert steps == list(range(1, 7))
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+
+
+def test_deepspeed_resume_on_another_world_size_is_refused_clearly(tmp_path, token_shards):
+    _train(tmp_path, token_shards, 4, "deepspeed", "engine.zero_stage=1")
+    out = _train(tmp_path, token_shards, 6, "deepspeed", "engine.zero_stage=1", nproc=1, check=False)
+    assert out.returncode != 0
+    assert "was written by 2 DeepSpeed ranks and this job has 1" in out.stderr, out.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"  # nothing lost

@@ -8,6 +8,10 @@ model, so averaging over that group averages every node's copy. With
 step is an outer gradient, stepped by SGD with Nesterov momentum (DiLoCo, Douillard et al.
 2023) from the last outer step's weights.
 
+Between outer steps each node's optimizer sees its own gradients, so its state (AdamW's
+moments) differs from node to node. DCP keeps one copy of what looks replicated, so this
+state is saved per rank, with the outer optimizer's, in ``state_dict``.
+
 torch's ``PeriodicModelAverager`` does the plain average, but it rebinds ``param.data`` to a
 slice of a flat buffer, which cuts FSDP2's DTensor off its local shard; this averages in place.
 """
@@ -24,9 +28,11 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 class HierarchicalSync:
-    def __init__(self, cfg: SyncConfig, cross_node_group: dist.ProcessGroup, model: nn.Module):
+    def __init__(self, cfg: SyncConfig, cross_node_group: dist.ProcessGroup, model: nn.Module,
+                 optimizer: torch.optim.Optimizer):
         self.cfg = cfg
         self.group = cross_node_group
+        self.optimizer = optimizer
         self.params = [_local(p.detach()) for p in model.parameters()]
         self.nesterov = cfg.outer_optimizer == OuterOptimizer.nesterov
         self.anchor = [p.clone() for p in self.params] if self.nesterov else []
@@ -55,15 +61,27 @@ class HierarchicalSync:
             p.copy_(avg)
         self.outer_steps += 1
 
+    def _inner_state(self) -> list[dict[str, torch.Tensor]]:
+        """This rank's optimizer state tensors, per parameter in the optimizer's order."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return [{k: _local(v) for k, v in self.optimizer.state[p].items() if torch.is_tensor(v)} for p in params]
+
     def state_dict(self) -> dict:
-        return {"outer_steps": self.outer_steps, "anchor": self.anchor, "momentum": self.momentum}
+        return {"outer_steps": self.outer_steps, "anchor": self.anchor, "momentum": self.momentum,
+                "inner": self._inner_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        shapes_match = [a.shape for a in state["anchor"]] == [a.shape for a in self.anchor]
+        """Restore after the optimizer's own (DCP) state was loaded. On another layout (an elastic
+        resume) the saved tensors do not fit: the outer optimizer starts afresh from the weights,
+        and every node goes on from the optimizer state DCP kept."""
         self.outer_steps = state["outer_steps"]
-        if shapes_match:
-            for mine, saved in zip(self.anchor + self.momentum, state["anchor"] + state["momentum"]):
-                mine.copy_(saved)
-        else:  # another layout (elastic resume): start the outer optimizer afresh from the weights
-            self.anchor = [p.clone() for p in self.params] if self.nesterov else []
-            self.momentum = [torch.zeros_like(p) for p in self.params] if self.nesterov else []
+        mine, saved = self._inner_state(), state["inner"]
+        fits = ([a.shape for a in state["anchor"]] == [a.shape for a in self.anchor]
+                and [{k: v.shape for k, v in s.items()} for s in saved] == [{k: v.shape for k, v in s.items()} for s in mine])
+        if not fits:
+            return
+        for dst, src in zip(self.anchor + self.momentum, state["anchor"] + state["momentum"]):
+            dst.copy_(src)
+        for dst, src in zip(mine, saved):
+            for key, value in src.items():
+                dst[key].copy_(value)

@@ -92,7 +92,8 @@ class Trainer:
                                                          lambda model: build_optimizer(model, cfg.optim))
         self.outer_sync = None
         if cfg.sync.mode == SyncMode.hierarchical:
-            self.outer_sync = HierarchicalSync(cfg.sync, self.engine.mesh.get_group(REPLICATE), self.model)
+            self.outer_sync = HierarchicalSync(cfg.sync, self.engine.mesh.get_group(REPLICATE), self.model,
+                                               self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
         self.nonfatal = NonFatal(env.rank)
