@@ -18,6 +18,8 @@ setup(
         "tqdm",
         "wandb",
         "matplotlib",
+        # engine.name=deepspeed (ZeRO 1/2/3); the version the engine and its tests were written against.
+        "deepspeed==0.19.8",
     ],
     extras_require={
         # DALI's CUDA 13 wheel also runs its CPU pipelines, so the tests exercise data.backend=dali.

@@ -38,6 +38,46 @@ def test_errors_are_one_line_and_name_the_key(override, expected):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["engine.zero_stage=4"], "engine.zero_stage must be 1, 2 or 3, got 4"),
+    (["engine.name=ddp", "engine.hsdp=true"], "engine.hsdp=true needs engine.name=fsdp (got ddp)"),
+    (["engine.prefetch=-1"], "engine.prefetch must be >= 0"),
+    (["engine.name=deepspeed", "trainer.clip_grad_value=1.0"], "trainer.clip_grad_value is not supported by "
+                                                                 "engine.name=deepspeed"),
+    (["engine.name=deepspeed", "trainer.async_checkpoint=true"], "trainer.async_checkpoint is not supported by "
+                                                                   "engine.name=deepspeed"),
+    (["engine.name=deepspeed", "sync.mode=hierarchical"], "sync.mode=hierarchical needs engine.name=ddp or fsdp"),
+    (["engine.hsdp=true", "sync.mode=hierarchical"], "sync.mode=hierarchical needs engine.name=ddp or fsdp"),
+    (["sync.outer_every=0"], "sync.outer_every must be >= 1, got 0"),
+    (["optim.name=lamb"], "optim.name"),
+])
+def test_parallelism_settings_that_do_not_fit_are_refused(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["run.dir=x", *overrides])
+    assert expected in str(err.value)
+
+
+def test_deepspeed_config_is_generated_and_a_user_json_wins(tmp_path):
+    from aurora.engines.deepspeed import deepspeed_config_dict
+
+    cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml", [
+        "run.dir=x", "engine.name=deepspeed", "engine.zero_stage=3", "engine.reduce_bucket_size=1000",
+        "engine.offload_optimizer=true", "trainer.grad_accum_steps=4", "trainer.clip_grad_norm=2.0"])
+    generated = deepspeed_config_dict(cfg)
+    zero = generated["zero_optimization"]
+    assert (zero["stage"], zero["reduce_bucket_size"], zero["offload_optimizer"]["device"]) == (3, 1000, "cpu")
+    assert zero["memory_efficient_linear"] is False  # else ZeRO-3 patches F.linear for the whole process
+    assert (generated["gradient_accumulation_steps"], generated["gradient_clipping"]) == (4, 2.0)
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"reduce_bucket_size": 5, "stage3_max_live_parameters": 7}}')
+    cfg.engine.deepspeed_config = str(user)
+    merged = deepspeed_config_dict(cfg)["zero_optimization"]
+    assert (merged["reduce_bucket_size"], merged["stage3_max_live_parameters"], merged["stage"]) == (5, 7, 3)
+    user.write_text("{not json")
+    with pytest.raises(ValueError, match=f"engine.deepspeed_config={user}: cannot read it as JSON"):
+        deepspeed_config_dict(cfg)
+
+
 def test_allowed_keys_are_listed():
     with pytest.raises(ConfigError, match="keys allowed in 'optim': name, lr, betas, momentum"):
         load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["optim.learning_rate=1"])

@@ -18,6 +18,8 @@ from aurora.tasks.lm import LMTrainConfig
 from aurora.config import load_config
 from aurora.train.checkpoint import load_model_weights
 from tests.conftest import read_metrics, run_cmd, run_nodes
+from tests.test_engine_parity import lm_param_counts, model_state_bytes
+from tools.scale.modes import collective_bytes_per_step
 
 SCRIPT = "tests/dist_scripts/train_steps.py"
 LM = ["trainer.progress_bar=false", "data.context_frames=24", "model.backbone.num_hidden_layers=2",
@@ -51,10 +53,24 @@ def test_node_local_and_cross_node_groups(tmp_path):
         assert r["replicate"] == [r["local_rank"], r["local_rank"] + 2]  # same local rank, every node
 
 
+def _assert_volumes_as_modelled(run: dict, mode: str, outer_every: int = 1) -> None:
+    """Rank 0's model-state collectives in steps 2 and 3, in all and across nodes, against the
+    scale model for 2 nodes x 2 ranks (within 2%: FSDP2 pads shards). Step 1 also holds the test
+    script's own gathers of the first step's gradients."""
+    params, root = lm_param_counts(LM[1:])
+    for step in (2, 3):
+        real = model_state_bytes(run["comm"], step, local_world_size=2)
+        predicted = collective_bytes_per_step(mode, params, 4, world=4, gpus_per_node=2, outer_every=outer_every,
+                                              step=step, root_params=root)
+        for kind, nbytes in predicted.items():
+            assert real.get(kind, 0) == pytest.approx(nbytes, rel=0.02), (step, kind, real, predicted)
+
+
 def test_hsdp_matches_single_process(tmp_path, token_shards):
     single = _steps(tmp_path, token_shards, "single", False)
     hsdp = _steps(tmp_path, token_shards, "hsdp", True, "engine.name=fsdp", "engine.hsdp=true")
     _assert_same(single, hsdp)
+    _assert_volumes_as_modelled(hsdp, "hsdp")
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
@@ -63,6 +79,19 @@ def test_hierarchical_sync_every_step_equals_data_parallelism(tmp_path, token_sh
     k1 = _steps(tmp_path, token_shards, "k1", True, *SGD, f"engine.name={engine}", "sync.mode=hierarchical",
                 "sync.outer_every=1")
     _assert_same(single, k1)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_cross_node_traffic_only_every_k_steps(tmp_path, token_shards, engine):
+    """K=3: steps 1 and 2 send no model state across nodes (only the loop's few-float control
+    all-reduce spans the world), step 3 averages the parameters: P/2 per rank under DDP (a
+    two-level average), each rank's FSDP shard under fsdp."""
+    run = _steps(tmp_path, token_shards, "k3", True, f"engine.name={engine}", "sync.mode=hierarchical",
+                 "sync.outer_every=3")
+    cross = [sum(v for k, v in model_state_bytes(run["comm"], step, 2).items() if k.endswith("_inter_node"))
+             for step in (1, 2, 3)]
+    assert cross[0] == cross[1] == 0 < cross[2]
+    _assert_volumes_as_modelled(run, "hierarchical" if engine == "ddp" else "hierarchical_fsdp", outer_every=3)
 
 
 def _weights(run_dir) -> dict:

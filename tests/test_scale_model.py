@@ -92,8 +92,11 @@ def test_hierarchical_averages_across_nodes_every_k_steps():
         return collective_bytes_per_step(mode, P, 4, world=32, gpus_per_node=8, outer_every=k, step=step)
 
     assert cross("hierarchical", 8, 7)["all_reduce_inter_node"] == 0
-    assert cross("hierarchical", 8, 8)["all_reduce_inter_node"] == 4 * P
-    assert cross("hierarchical", 8, 8)["all_reduce"] == 2 * 4 * P  # the node's DDP, plus the average
+    # Two levels: each of the node's 8 ranks averages an eighth across nodes, the node gathers them.
+    assert cross("hierarchical", 8, 8)["all_reduce_inter_node"] == 4 * P // 8
+    assert cross("hierarchical", 8, 8)["all_reduce"] == 4 * P + 4 * P // 8  # the node's DDP, plus the average
+    assert cross("hierarchical", 8, 8)["all_gather"] == 4 * P
+    assert cross("hierarchical", 8, 8)["all_gather_inter_node"] == 0
     assert cross("hierarchical_fsdp", 8, 16)["all_reduce_inter_node"] == 4 * P // 8
     for mode in ("hierarchical", "hierarchical_fsdp"):
         every = sum(cross(mode, 1, s)["all_reduce_inter_node"] for s in range(1, 9))

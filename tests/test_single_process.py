@@ -4,7 +4,10 @@ import math
 
 import pytest
 
+from aurora.config import load_config
 from aurora.config.schema import OptimConfig
+from aurora.models.flops import audio_lm_train_flops
+from aurora.tasks.lm import LMTrainConfig
 from aurora.train.schedule import lr_factor
 from tests.conftest import read_metrics, run_cmd
 from tests.test_resume import SMALL
@@ -16,8 +19,16 @@ def test_plain_python_run_with_wandb_offline(tmp_path, token_shards):
              "trainer.max_steps=3", "logging.wandb=true", *SMALL], env={"WANDB_SILENT": "true"})
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == [1, 2, 3]
-    for key in ("loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "throughput/samples_per_s"):
+    for key in ("loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "throughput/samples_per_s",
+                "throughput/frames_per_s_per_device"):
         assert key in metrics[0]
+    # Model FLOPs by the formula of aurora.models.flops over the step time; no MFU on a CPU.
+    cfg = load_config(LMTrainConfig, run / "config.yaml")
+    batch, frames = cfg.data.batch_size, cfg.data.context_frames
+    for m in metrics:
+        flops = batch * audio_lm_train_flops(cfg.model, frames)
+        assert m["perf/tflops_per_device"] == pytest.approx(flops / m["step_time_s"] / 1e12, rel=1e-3)
+        assert "perf/mfu" not in m
     assert (run / "config.yaml").is_file()
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
 

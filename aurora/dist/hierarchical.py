@@ -1,9 +1,12 @@
 """Hierarchical sync: gradients all-reduced inside each node every step (the engine's group is
 the node), parameters averaged across nodes every ``sync.outer_every`` steps.
 
-The cross-node exchange is one all-reduce of this rank's parameters (its shard, under FSDP)
-with its peers of the same local rank on the other nodes: each peer holds the same part of the
-model, so averaging over that group averages every node's copy. With
+The cross-node exchange is an all-reduce with this rank's peers of the same local rank on the
+other nodes: each peer holds the same part of the model, so averaging over that group averages
+every node's copy. Under FSDP each rank averages its own shard. Under DDP the ranks of a node
+hold the same replica, so each averages only its 1/ranks-per-node slice across nodes and the
+node all-gathers the slices over its fast links: the inter-node network carries the model once
+per node, not once per GPU (a two-level all-reduce). With
 ``outer_optimizer=nesterov`` the average is not taken as is: the change since the last outer
 step is an outer gradient, stepped by SGD with Nesterov momentum (DiLoCo, Douillard et al.
 2023) from the last outer step's weights.
@@ -28,10 +31,12 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 class HierarchicalSync:
-    def __init__(self, cfg: SyncConfig, cross_node_group: dist.ProcessGroup, model: nn.Module,
-                 optimizer: torch.optim.Optimizer):
+    def __init__(self, cfg: SyncConfig, cross_node_group: dist.ProcessGroup, replica_group: dist.ProcessGroup | None,
+                 model: nn.Module, optimizer: torch.optim.Optimizer):
+        """``replica_group``: the node's ranks when each holds the whole model (DDP), else None."""
         self.cfg = cfg
         self.group = cross_node_group
+        self.replica_group = replica_group
         self.optimizer = optimizer
         self.params = [_local(p.detach()) for p in model.parameters()]
         self.nesterov = cfg.outer_optimizer == OuterOptimizer.nesterov
@@ -48,9 +53,19 @@ class HierarchicalSync:
         """Average the parameters across nodes (then the outer optimizer step); collective over
         the cross-node group, so every rank calls it at the same step."""
         flat = torch.cat([p.reshape(-1) for p in self.params])
-        dist.all_reduce(flat, group=self.group)
+        numel = flat.numel()
+        if dist.get_world_size(self.group) == 1:
+            pass  # one node: nothing to average (the outer optimizer still steps)
+        elif self.replica_group is None:
+            dist.all_reduce(flat, group=self.group)
+        else:
+            slices = dist.get_world_size(self.replica_group)
+            flat = torch.nn.functional.pad(flat, (0, -numel % slices))
+            mine = flat.view(slices, -1)[dist.get_rank(self.replica_group)].clone()
+            dist.all_reduce(mine, group=self.group)
+            dist.all_gather_into_tensor(flat, mine, group=self.replica_group)
         flat /= dist.get_world_size(self.group)
-        average = flat.split([p.numel() for p in self.params])
+        average = flat[:numel].split([p.numel() for p in self.params])
         for i, p in enumerate(self.params):
             avg = average[i].view_as(p)
             if self.nesterov:

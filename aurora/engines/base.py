@@ -18,6 +18,9 @@ OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
 
 class Engine(ABC):
+    shards_parameters: bool = False
+    """Whether each rank holds a part of the parameters (not a whole replica)."""
+
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg = cfg.engine
         self.trainer_cfg = cfg.trainer

@@ -66,6 +66,9 @@ def deepspeed_config_dict(cfg: TrainConfig) -> dict:
     }
     if e.zero_stage == 3:
         zero["stage3_prefetch_bucket_size"] = e.allgather_bucket_size
+        # Otherwise ZeRO-3 replaces torch.nn.functional.linear in the whole process, also for
+        # the plain model copies evaluation and sampling build beside the engine.
+        zero["memory_efficient_linear"] = False
     if e.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     generated = {
@@ -93,8 +96,11 @@ def deepspeed_config_dict(cfg: TrainConfig) -> dict:
 class DeepSpeedEngine(Engine):
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         super().__init__(cfg, env)
+        self.shards_parameters = cfg.engine.zero_stage == 3
         self.ds_config = deepspeed_config_dict(cfg)
         self.deepspeed = _deepspeed(env)
+        # DeepSpeed reads the local rank from the environment, which only torchrun sets.
+        os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
         self.deepspeed.init_distributed(dist_backend=env.backend)
         self.ds = None
         """The DeepSpeed engine (set by ``prepare``)."""

@@ -18,6 +18,8 @@ from aurora.engines.base import Engine
 
 
 class FSDPEngine(Engine):
+    shards_parameters = True
+
     def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
         if self.cfg.hsdp:
             mesh = self.mesh

@@ -17,6 +17,9 @@ from aurora.dist import DistEnv
 from aurora.engines import Engine
 
 
+MODEL_FLOPS = "model_flops"
+
+
 class Task(ABC):
     config_class: ClassVar[type[TrainConfig]]
     """The recipe's config schema (TrainConfig plus its model/loss sections)."""
@@ -53,7 +56,9 @@ class Task(ABC):
         """Restore what ``state_dict`` returned."""
 
     def batch_items(self, batch: dict) -> dict[str, float]:
-        """Work counted for throughput, e.g. {"samples": B, "tokens": N}."""
+        """Work counted for throughput, e.g. {"samples": B, "frames": N}; an entry
+        ``MODEL_FLOPS`` (forward + backward FLOPs of the batch, padding included) gives the
+        loop its TFLOP/s and MFU."""
         return {"samples": float(len(batch["keys"]))}
 
     def evaluate(self, checkpoint: Path) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Recipe: an RVQ audio codec trained on reconstruction (multi-scale mel L1 + waveform L1)
 plus the quantizer's commitment and codebook losses."""
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from aurora.config.schema import TrainConfig
 from aurora.models.codec import Codec, CodecConfig, codebook_usage
 from aurora.tasks.audio_losses import MultiScaleMelLoss, masked_l1
 from aurora.engines import Engine
-from aurora.tasks.base import Task
+from aurora.models.flops import codec_train_flops
+from aurora.tasks.base import MODEL_FLOPS, Task
 from aurora.tasks.dead_codes import DeadCodeReset
 from aurora.train.checkpoint import load_model_weights
 
@@ -101,9 +103,18 @@ class CodecTask(Task):
     def load_state_dict(self, state: dict) -> None:
         self.dead_codes.load_state_dict(state["dead_codes"])
 
+    @functools.cached_property
+    def _train_flops_per_second(self) -> int:
+        """Forward + backward FLOPs per second of audio, counted once on a fresh CPU model (its
+        initialisation must not move the training random streams)."""
+        with torch.random.fork_rng(devices=[]):
+            return codec_train_flops(self.build_model(), seconds=1.0)
+
     def batch_items(self, batch: dict) -> dict[str, float]:
+        padded_seconds = batch["audio"].shape[0] * batch["audio"].shape[-1] / self.cfg.model.sample_rate
         return {"samples": float(len(batch["keys"])),
-                "audio_seconds": batch["lengths"].sum().item() / self.cfg.model.sample_rate}
+                "audio_seconds": batch["lengths"].sum().item() / self.cfg.model.sample_rate,
+                MODEL_FLOPS: padded_seconds * self._train_flops_per_second}
 
     def on_train_end(self, run_dir: Path) -> None:
         """Reconstruct a few training clips into RUN/samples for listening."""

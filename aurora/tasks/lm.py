@@ -17,7 +17,8 @@ from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.manifest import resolve_shards
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy, encode_text, mask_padding
-from aurora.tasks.base import Task
+from aurora.models.flops import audio_lm_train_flops
+from aurora.tasks.base import MODEL_FLOPS, Task
 from aurora.tasks.codec import load_exported_codec
 from aurora.train.checkpoint import load_model_weights
 
@@ -74,7 +75,9 @@ class LMTask(Task):
         return delayed_cross_entropy(logits, codes, batch["lengths"], special)
 
     def batch_items(self, batch: dict) -> dict[str, float]:
-        return {"samples": float(len(batch["keys"])), "frames": float(batch["lengths"].sum())}
+        samples, padded_frames = len(batch["keys"]), batch["codes"].shape[-1]
+        return {"samples": float(samples), "frames": float(batch["lengths"].sum()),
+                MODEL_FLOPS: float(samples * audio_lm_train_flops(self.cfg.model, padded_frames))}
 
     def on_train_end(self, run_dir: Path) -> None:
         gen = self.cfg.generation

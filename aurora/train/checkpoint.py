@@ -199,7 +199,6 @@ class Checkpointer:
                 outcome, error = max(outcome, _DISK_FULL if _is_disk_full(e) else _FAILED), error or e
         if native is not None:
             try:
-                faults.check_disk_quota(self.dir)
                 native(tmp)
             except Exception as e:
                 outcome, error = max(outcome, _DISK_FULL if _is_disk_full(e) else _FAILED), error or e

@@ -28,12 +28,13 @@ from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
 from aurora.dist import DistEnv, all_reduce_sum, barrier
 from aurora.dist.hierarchical import HierarchicalSync
-from aurora.dist.mesh import REPLICATE
+from aurora.dist.mesh import REPLICATE, SHARD
 from aurora.engines import build_engine
-from aurora.tasks.base import Task
+from aurora.tasks.base import MODEL_FLOPS, Task
 from aurora.train import faults
 from aurora.train.checkpoint import Checkpointer, step_dirname
 from aurora.train.metrics import MetricsLogger
+from aurora.train.mfu import mfu, peak_flops
 from aurora.train.nonfatal import NonFatal
 from aurora.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from aurora.train.rng import rng_state, seed_everything, set_rng_state
@@ -92,14 +93,17 @@ class Trainer:
                                                          lambda model: build_optimizer(model, cfg.optim))
         self.outer_sync = None
         if cfg.sync.mode == SyncMode.hierarchical:
-            self.outer_sync = HierarchicalSync(cfg.sync, self.engine.mesh.get_group(REPLICATE), self.model,
-                                               self.optimizer)
+            mesh = self.engine.mesh
+            replicas = None if self.engine.shards_parameters else mesh.get_group(SHARD)
+            self.outer_sync = HierarchicalSync(cfg.sync, mesh.get_group(REPLICATE), replicas, self.model, self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
         self.nonfatal = NonFatal(env.rank)
         self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
                                          cfg.trainer.async_checkpoint)
         self.preemption = PreemptionFlag()
+        self.peak_flops = peak_flops(env.device, cfg.engine.precision.value)
+        """Dense peak FLOP/s of one device (None on a CPU or an unknown GPU: no MFU then)."""
         self.step = 0
         self.skipped_steps = 0
         self.bad_streak = 0
@@ -221,8 +225,14 @@ class Trainer:
             out[name] = summed[3 + i] / world
         totals = dict(zip(item_names, summed[3 + len(names):]))
         out["data/padding_fraction"] = 1.0 - total_units / totals.pop(PADDED_UNITS)
+        if MODEL_FLOPS in totals:
+            flops_per_device = totals.pop(MODEL_FLOPS) / elapsed / world
+            out["perf/tflops_per_device"] = flops_per_device / 1e12
+            if (utilisation := mfu(flops_per_device, self.peak_flops)) is not None:
+                out["perf/mfu"] = utilisation
         for name, total in totals.items():
             out[f"throughput/{name}_per_s"] = total / elapsed
+            out[f"throughput/{name}_per_s_per_device"] = total / elapsed / world
         out.update(task_metrics)
         return out
 

@@ -5,7 +5,8 @@
 Every run, whatever its world size, engine or accumulation, sees the same global batch per
 step: ``global_batch`` examples generated from a fixed seed, each rank taking its contiguous
 slice, cut into ``trainer.grad_accum_steps`` micro-batches. Rank 0 saves the per-step losses,
-the gradients of the first step and the final parameters (all as full tensors) to OUT.pt.
+the gradients of the first step and the final parameters (all as full tensors) to OUT.pt, with
+every collective it issued during the steps (``aurora.dist.comm_log``), tagged by step.
 """
 
 import sys
@@ -15,6 +16,7 @@ import torch.distributed as dist
 
 from aurora.config import load_config, peek_task
 from aurora.dist import barrier, init_distributed, shutdown
+from aurora.dist.comm_log import CollectiveLog
 from aurora.tasks import get_task
 from aurora.train.loop import Trainer
 
@@ -69,11 +71,13 @@ def main() -> None:
 
     trainer.engine.apply_step = recording_step
     losses, metrics = [], []
-    for step in range(STEPS):
-        batch = global_batches(task_cls.data_kind, cfg, step)
-        micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
-        metrics.append(trainer.train_step(iter(micro)))
-        losses.append(metrics[-1]["loss"])
+    with CollectiveLog() as comm:
+        for step in range(STEPS):
+            comm.mark_step(step + 1)
+            batch = global_batches(task_cls.data_kind, cfg, step)
+            micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
+            metrics.append(trainer.train_step(iter(micro)))
+            losses.append(metrics[-1]["loss"])
     params = {name.removeprefix("module."): full(trainer.engine.read_full(p))
               for name, p in trainer.model.named_parameters()}
     # Replicas must hold the same weights (DDP never re-syncs them after construction).
@@ -83,7 +87,8 @@ def main() -> None:
     if not all(torch.equal(r, checksum) for r in replicas):
         raise SystemExit(f"rank {env.rank}: replicas diverged")
     if env.is_main:
-        torch.save({"losses": losses, "metrics": metrics, "grads": first_grads, "params": params}, out)
+        torch.save({"losses": losses, "metrics": metrics, "grads": first_grads, "params": params,
+                    "comm": [r.to_dict() for r in comm.records]}, out)
     barrier()  # leave together: a gloo peer torn down while another still runs can abort it
     shutdown()
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from aurora.config.schema import DistConfig
 from aurora.dist import DistEnv, init_distributed, shutdown
+from aurora.dist.mesh import REPLICATE, SHARD, node_mesh
 
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
 GROUPS = ("world", "intra", "inter")
@@ -90,25 +91,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_groups(env: DistEnv, wanted: list[str]) -> tuple[dict, list[str]]:
     """This rank's group for each wanted kind with more than one rank, and why the others are
-    skipped. Every rank creates every group, in the same order (torch.distributed requires it)."""
-    if env.world_size % env.local_world_size:
-        raise SystemExit(f"world size {env.world_size} is not a multiple of the local world size "
-                         f"{env.local_world_size}: launch the same --nproc-per-node on every node")
-    lws, world = env.local_world_size, env.world_size
-    nodes = world // lws
-    layouts = {  # None: the default group; node-major rank numbering, as torchrun and slurm use
-        "world": None,
-        "intra": [list(range(n * lws, (n + 1) * lws)) for n in range(nodes)],
-        "inter": [list(range(local, world, lws)) for local in range(lws)],
-    }
+    skipped: the groups of aurora's node mesh, which HSDP and hierarchical sync use."""
+    mesh = node_mesh(env)
+    sizes = {"world": env.world_size, "intra": env.local_world_size, "inter": env.num_nodes}
     groups, skipped = {}, []
     for name in wanted:
-        layout = layouts[name]
-        size = world if layout is None else len(layout[0])
-        if size < 2:
-            skipped.append(f"{name}: a group of one rank ({nodes} node(s) x {lws} rank(s) per node) moves no data")
+        if sizes[name] < 2:
+            skipped.append(f"{name}: a group of one rank ({env.num_nodes} node(s) x {env.local_world_size} "
+                           f"rank(s) per node) moves no data")
+        elif name == "world":
+            groups[name] = dist.group.WORLD
         else:
-            groups[name] = dist.group.WORLD if layout is None else dist.new_subgroups_by_enumeration(layout)[0]
+            groups[name] = mesh.get_group(SHARD if name == "intra" else REPLICATE)
     return groups, skipped
 
 

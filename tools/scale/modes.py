@@ -15,10 +15,14 @@ Modes (G micro-batches per optimizer step, P parameters, g GPUs per node, m node
   step for ZeRO-1, every micro-batch for ZeRO-2 (it keeps only partitioned gradients). After the
   optimizer step each rank's updated partition is all-gathered (P), not overlapped.
 - zero3: DeepSpeed ZeRO-3, like fsdp (without a root unit kept gathered: every parameter is
-  gathered again in backward), but the gradients are reduce-scattered every micro-batch.
-- hierarchical: DDP inside each node every step; every K = outer_every steps, each rank
-  all-reduces its full parameters (P) with its peers of the same local rank on the other nodes
-  (aurora.dist.hierarchical), after the optimizer step.
+  gathered again in backward), but the gradients are reduce-scattered every micro-batch. An
+  upper bound for models that fit DeepSpeed's live-parameter budget
+  (``stage3_max_live_parameters``, default 1e9 elements): those stay gathered from forward to
+  backward, and small parameters (``stage3_param_persistence_threshold``) stay gathered.
+- hierarchical: DDP inside each node every step; every K = outer_every steps, after the
+  optimizer step, each rank all-reduces its 1/g slice of the parameters (P/g, rounded up) with
+  its peers of the same local rank on the other nodes, then the node all-gathers the slices
+  (aurora.dist.hierarchical): a two-level all-reduce.
 - hierarchical_fsdp: the same with FSDP2 inside the node: the fsdp collectives over the node,
   and every K steps each rank averages its parameter shard (P/g) across nodes.
 
@@ -94,10 +98,14 @@ def schedule(mode: str, params: int, world: int, gpus_per_node: int, root_params
         return [Collective("all_gather", params, "world", "forward", "storage", "unit"),
                 Collective("all_gather", params, "world", "backward", "storage", "unit"),
                 Collective("reduce_scatter", params, "world", "backward", "storage", "unit")]
+    one_node = group_shape("replicate", world, gpus_per_node).size == 1  # then the average is skipped
     if mode == "hierarchical":
-        return [Collective("all_reduce", params, "node", "backward_last", "storage", "ddp_bucket"),
-                Collective("all_reduce", params, "replicate", "outer", "storage", "once")]
-    return _fsdp2("node", params, root_params) + [Collective("all_reduce", shard, "replicate", "outer", "storage", "once")]
+        per_node = group_shape("node", world, gpus_per_node).size
+        outer = [Collective("all_reduce", shard, "replicate", "outer", "storage", "once"),
+                 Collective("all_gather", shard * per_node, "node", "outer", "storage", "once")]
+        return [Collective("all_reduce", params, "node", "backward_last", "storage", "ddp_bucket")] + outer * (not one_node)
+    outer = [Collective("all_reduce", shard, "replicate", "outer", "storage", "once")]
+    return _fsdp2("node", params, root_params) + outer * (not one_node)
 
 
 def _fsdp2(group: str, params: int, root_params: int) -> list[Collective]:
@@ -117,7 +125,8 @@ def occurrences(when: str, grad_accum: int, outer_every: int, step: int) -> int:
 
 
 def collective_bytes_per_step(mode: str, param_count: int, bytes_per_param: int, world: int, gpus_per_node: int,
-                              grad_accum: int = 1, outer_every: int = 1, step: int = 1) -> dict[str, int]:
+                              grad_accum: int = 1, outer_every: int = 1, step: int = 1,
+                              root_params: int = 0) -> dict[str, int]:
     """Payload bytes one rank passes to each kind of collective in optimizer step `step`
     (1-based; hierarchical modes average across nodes when step % outer_every == 0).
 
@@ -128,14 +137,13 @@ def collective_bytes_per_step(mode: str, param_count: int, bytes_per_param: int,
     ``aurora.dist.comm_log``: all_reduce the tensor, all_gather the full output, reduce_scatter
     the full input; every tensor at bytes_per_param.
 
-    Idealised against a real run: every parameter is taken to sit in a unit that reshards after
-    forward, whereas aurora's FSDP root unit stays gathered (a real fsdp/hsdp run all-gathers
-    the root's parameters once per micro-batch, not twice) and DeepSpeed ZeRO-3 keeps parameters
+    ``root_params``: parameters of the FSDP root unit, which stays gathered from forward to
+    backward (as in ``schedule``). Idealised against a real run: DeepSpeed ZeRO-3 keeps parameters
     under ``stage3_param_persistence_threshold`` elements gathered; FSDP2 pads each parameter's
     first dimension to a multiple of the shard group; only model-state collectives count.
     """
     out = {key: 0 for kind in KINDS for key in (kind, f"{kind}_inter_node")}
-    for c in schedule(mode, param_count, world, gpus_per_node):
+    for c in schedule(mode, param_count, world, gpus_per_node, root_params):
         nbytes = c.numel * bytes_per_param * occurrences(c.when, grad_accum, outer_every, step)
         out[c.kind] += nbytes
         if group_shape(c.group, world, gpus_per_node).spans_nodes:

@@ -1,0 +1,37 @@
+"""The engine and LM-throughput benchmarks run end to end on tiny sizes and print their tables.
+
+No timing is asserted: only that every row is there, and the numbers that must not depend on
+speed (ddp's own ratio, losses that must agree).
+"""
+
+from tests.conftest import run_cmd
+
+TINY_LM = ["data.context_frames=16", "model.backbone.num_hidden_layers=1", "data.batch_size=2"]
+
+
+def table(out: str, names: tuple[str, ...]) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] and
+            line.split()[0] in names}
+
+
+def test_engines_bench_prints_a_row_per_engine():
+    out = run_cmd(["-m", "tools.bench.engines", "--engines", "ddp,zero1", "--steps", "2", "--blocks", "2",
+                   "--warmup", "1", *TINY_LM], nproc=2).stdout
+    rows = table(out, ("ddp", "zero1"))
+    assert list(rows) == ["ddp", "zero1"], out
+    assert rows["ddp"][1] == "1.000"
+    assert float(rows["zero1"][0]) > 0
+    assert float(rows["zero1"][3]) < 1e-4  # same losses: both engines trained the same model side by side
+
+
+def test_lm_throughput_bench_prints_both_loops():
+    out = run_cmd(["-m", "tools.bench.lm_throughput", "--preset", "tiny", "--seq", "32", "--batch", "2",
+                   "--steps", "2", "--blocks", "2", "--warmup", "1"]).stdout
+    rows = table(out, ("aurora", "transformers"))
+    assert list(rows) == ["aurora", "transformers"], out
+    for ms, _, tokens_per_s, *mfu, first_loss in rows.values():
+        assert float(ms) > 0 and float(tokens_per_s) > 0
+        assert " ".join(mfu) == "absent (CPU)"
+    assert rows["aurora"][-1] == rows["transformers"][-1]  # fp32, same weights, same batch
+    assert "device: cpu" in out and "precision: fp32" in out
+    assert float(out.split("ratio aurora/transformers (tokens/s): ")[1].split()[0]) > 0
