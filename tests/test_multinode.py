@@ -66,19 +66,24 @@ def _assert_volumes_as_modelled(run: dict, mode: str, outer_every: int = 1) -> N
             assert real.get(kind, 0) == pytest.approx(nbytes, rel=0.02), (step, kind, real, predicted)
 
 
-def test_hsdp_matches_single_process(tmp_path, token_shards):
-    single = _steps(tmp_path, token_shards, "single", False)
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, token_shards) -> dict:
+    """One process, the same global batches: AdamW and SGD."""
+    tmp = tmp_path_factory.mktemp("single")
+    return {"adamw": _steps(tmp, token_shards, "adamw", False), "sgd": _steps(tmp, token_shards, "sgd", False, *SGD)}
+
+
+def test_hsdp_matches_single_process(tmp_path, token_shards, single):
     hsdp = _steps(tmp_path, token_shards, "hsdp", True, "engine.name=fsdp", "engine.hsdp=true")
-    _assert_same(single, hsdp)
+    _assert_same(single["adamw"], hsdp)
     _assert_volumes_as_modelled(hsdp, "hsdp")
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
-def test_hierarchical_sync_every_step_equals_data_parallelism(tmp_path, token_shards, engine):
-    single = _steps(tmp_path, token_shards, "single", False, *SGD)
+def test_hierarchical_sync_every_step_equals_data_parallelism(tmp_path, token_shards, single, engine):
     k1 = _steps(tmp_path, token_shards, "k1", True, *SGD, f"engine.name={engine}", "sync.mode=hierarchical",
                 "sync.outer_every=1")
-    _assert_same(single, k1)
+    _assert_same(single["sgd"], k1)
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])

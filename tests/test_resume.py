@@ -62,9 +62,34 @@ def test_fsdp_checkpoint_resumes(tmp_path, token_shards):
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
 
 
-def test_deepspeed_resume_on_another_world_size_is_refused_clearly(tmp_path, token_shards):
-    _train(tmp_path, token_shards, 4, "deepspeed", "engine.zero_stage=1")
-    out = _train(tmp_path, token_shards, 6, "deepspeed", "engine.zero_stage=1", nproc=1, check=False)
+def _steps_from(checkpoint, run_dir, shards, nproc: int, *overrides) -> dict:
+    """tests/dist_scripts/train_steps.py (3 steps on fixed global batches) from ``checkpoint``."""
+    out = run_dir / "steps.pt"
+    args = ["tests/dist_scripts/train_steps.py", "configs/lm/tiny.yaml", str(out), f"run.dir={run_dir}",
+            f"data.shards={shards}", *SMALL[:4], "trainer.progress_bar=false", *overrides]
+    run_cmd(args, nproc=nproc, env={"AURORA_TEST_RESUME": str(checkpoint)} if checkpoint else None)
+    return torch.load(out)
+
+
+def test_deepspeed_resumes_on_another_world_size_through_the_universal_format(tmp_path, token_shards):
+    """A ZeRO-2 checkpoint of 2 ranks, resumed by 1: converted to DeepSpeed's universal format,
+    its weights and AdamW state train on exactly as when 2 ranks resume it."""
+    zero2 = ["engine.name=deepspeed", "engine.zero_stage=2"]
+    _train(tmp_path / "run", token_shards, 4, "deepspeed", "engine.zero_stage=2")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
+    same = _steps_from(checkpoint, tmp_path / "same", token_shards, 2, *zero2)
+    other = _steps_from(checkpoint, tmp_path / "other", token_shards, 1, *zero2)
+    assert (checkpoint / "deepspeed" / "universal").is_dir()
+    assert other["losses"] == pytest.approx(same["losses"], rel=2e-5)
+    for name in same["params"]:
+        torch.testing.assert_close(other["params"][name], same["params"][name], rtol=2e-4, atol=2e-6, msg=name)
+    fresh = _steps_from(None, tmp_path / "fresh", token_shards, 1, *zero2)
+    assert abs(fresh["losses"][0] - same["losses"][0]) > 1e-4  # the checkpoint's weights were used
+
+
+def test_zero3_resume_on_another_world_size_is_refused_clearly(tmp_path, token_shards):
+    _train(tmp_path, token_shards, 4, "deepspeed", "engine.zero_stage=3")
+    out = _train(tmp_path, token_shards, 6, "deepspeed", "engine.zero_stage=3", nproc=1, check=False)
     assert out.returncode != 0
-    assert "was written by 2 DeepSpeed ranks and this job has 1" in out.stderr, out.stderr[-3000:]
+    assert "was written by 2 DeepSpeed ZeRO-3 ranks and this job has 1" in out.stderr, out.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"  # nothing lost

@@ -15,26 +15,30 @@ norm is not finite (a non-finite loss on any rank makes every rank's reduced gra
 non-finite), and reports whether it applied it.
 
 Checkpoints: the step's DCP directory carries the trainer state; model and optimizer go through
-``save_checkpoint``/``load_checkpoint`` into its ``deepspeed/`` folder. Resuming needs the same
-number of ranks (DeepSpeed's partitioned optimizer files are per rank).
+``save_checkpoint``/``load_checkpoint`` into its ``deepspeed/`` folder. Another number of ranks
+resumes a ZeRO-1/2 checkpoint through DeepSpeed's universal checkpoint format (converted on
+first use); ZeRO-3 resumes on the same number of ranks only.
 """
 
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from aurora.config.schema import TrainConfig
-from aurora.dist import DistEnv
+from aurora.dist import DistEnv, barrier
 from aurora.engines.base import Engine, OptimizerFactory
 
 NATIVE_DIR = "deepspeed"
 """Sub-folder of a checkpoint directory holding DeepSpeed's files."""
 TAG = "state"
 """DeepSpeed's checkpoint tag inside NATIVE_DIR (each aurora checkpoint holds one)."""
+UNIVERSAL_TAG = "universal"
+"""The same state in DeepSpeed's universal format, made when another world size resumes it."""
 
 
 def _deepspeed(env: DistEnv):
@@ -164,15 +168,46 @@ class DeepSpeedEngine(Engine):
         self.ds.save_checkpoint(str(path / NATIVE_DIR), tag=TAG, save_latest=False)
 
     def load_native(self, model: nn.Module, path: Path) -> None:
-        """Restore model and optimizer; the number of ranks must be the one that saved."""
-        saved = len(list((path / NATIVE_DIR / TAG).glob("*optim_states.pt")))
-        if saved != self.env.world_size:
-            raise RuntimeError(f"{path} was written by {saved} DeepSpeed ranks and this job has "
-                               f"{self.env.world_size}: DeepSpeed's optimizer partitions are per rank. Resume "
-                               f"with {saved} ranks, or train on with engine.name=fsdp/ddp from its weights")
-        loaded, _ = self.ds.load_checkpoint(str(path / NATIVE_DIR), tag=TAG, load_lr_scheduler_states=False)
+        """Restore model and optimizer. Saved by another number of ranks (ZeRO-1/2), the
+        checkpoint is first converted to DeepSpeed's universal format (``ds_to_universal``: every
+        parameter's fp32 weights and optimizer state whole, once, beside the saved files), which
+        any world size loads."""
+        native = path / NATIVE_DIR
+        saved = len(list((native / TAG).glob("*optim_states.pt")))
+        universal = saved != self.env.world_size
+        if universal and self.cfg.zero_stage == 3:
+            # Measured with DeepSpeed 0.19.8: a ZeRO-3 universal load trains on to weights 2e-4
+            # away from the same-world resume within 3 steps (its optimizer state is not all back).
+            raise RuntimeError(f"{path} was written by {saved} DeepSpeed ZeRO-3 ranks and this job has "
+                               f"{self.env.world_size}: ZeRO-3 resumes only on the same number of ranks. Resume with "
+                               f"{saved} ranks, or go on with engine.zero_stage=1/2 or engine.name=fsdp from its weights")
+        if universal:
+            self._convert_to_universal(native)
+        self.ds._config.load_universal_checkpoint = universal
+        try:
+            loaded, _ = self.ds.load_checkpoint(str(native), tag=UNIVERSAL_TAG if universal else TAG,
+                                                load_lr_scheduler_states=False)
+        finally:
+            self.ds._config.load_universal_checkpoint = False
         if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load {path / NATIVE_DIR}")
+            raise RuntimeError(f"DeepSpeed could not load {native}")
+
+    def _convert_to_universal(self, native: Path) -> None:
+        """Rank 0 writes ``native/UNIVERSAL_TAG`` once (into a temporary name, then renamed, so an
+        interrupted conversion is redone); the others wait."""
+        target = native / UNIVERSAL_TAG
+        if self.env.is_main and not target.is_dir():
+            from argparse import Namespace
+
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            tmp = native / (UNIVERSAL_TAG + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            ds_to_universal(Namespace(input_folder=str(native / TAG), output_folder=str(tmp), num_extract_workers=1,
+                                      num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                      inject_missing_state=True))  # aurora's model has no tensor-parallel layout to describe
+            os.replace(tmp, target)
+        barrier()
 
 
 def consolidated_weights(path: Path) -> dict[str, torch.Tensor] | None:

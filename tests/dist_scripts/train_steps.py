@@ -7,9 +7,12 @@ step: ``global_batch`` examples generated from a fixed seed, each rank taking it
 slice, cut into ``trainer.grad_accum_steps`` micro-batches. Rank 0 saves the per-step losses,
 the gradients of the first step and the final parameters (all as full tensors) to OUT.pt, with
 every collective it issued during the steps (``aurora.dist.comm_log``), tagged by step.
+With AURORA_TEST_RESUME=CHECKPOINT in the environment, the steps start from that checkpoint.
 """
 
+import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -59,6 +62,8 @@ def main() -> None:
     cfg = load_config(task_cls.config_class, config, overrides)
     env = init_distributed(cfg.dist)
     trainer = Trainer(cfg, task_cls, env)
+    if "AURORA_TEST_RESUME" in os.environ:  # start from this checkpoint's weights and optimizer state
+        trainer.resume(Path(os.environ["AURORA_TEST_RESUME"]))
     first_grads = {}
     real_step = trainer.engine.apply_step
 
