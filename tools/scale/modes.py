@@ -22,13 +22,14 @@ Modes (G micro-batches per optimizer step, P parameters, g GPUs per node, m node
 - hierarchical: DDP inside each node every step; every K = outer_every steps, after the
   optimizer step, each rank all-reduces its 1/g slice of the parameters (P/g, rounded up) with
   its peers of the same local rank on the other nodes, then the node all-gathers the slices
-  (aurora.dist.hierarchical): a two-level all-reduce.
+  (aurora.dist.hierarchical): a two-level all-reduce. On one node there is nothing to average.
 - hierarchical_fsdp: the same with FSDP2 inside the node: the fsdp collectives over the node,
   and every K steps each rank averages its parameter shard (P/g) across nodes.
 
 Payloads follow aurora.dist.comm_log: all_reduce the tensor, all_gather the full gathered
 output, reduce_scatter the full input. Every collective is counted as issued, also on a
-group of one rank (it moves nothing, and takes no time in ``collectives``). Only model-state
+group of one rank (it moves nothing, and takes no time in ``collectives``), except the
+hierarchical modes' average, which aurora skips on one node. Only model-state
 collectives are modelled: the loop's few-scalar all-reduces (loss, metrics, finiteness,
 gradient norm) are not.
 """
