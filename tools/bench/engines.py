@@ -30,10 +30,12 @@ the engines compute the same sums split differently, so it stays at float roundi
 """
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -108,11 +110,20 @@ def run_steps(trainer: Trainer, steps: list[list[dict]]) -> tuple[list[float], l
     return times, losses
 
 
-def shared_tmpdir(env) -> Path:
-    """A fresh directory made by rank 0, the same path on every rank (one machine)."""
-    path = [tempfile.mkdtemp(prefix="aurora-bench-engines-") if env.is_main else None]
+@contextlib.contextmanager
+def shared_workspace(env) -> Iterator[Path]:
+    """A fresh directory made by rank 0, the same path on every rank (one machine). On the way
+    out the ranks leave together (a gloo peer torn down while another still runs can abort it),
+    the directory goes and the process group is shut down."""
+    path = [tempfile.mkdtemp(prefix="aurora-bench-") if env.is_main else None]
     dist.broadcast_object_list(path, src=0)
-    return Path(path[0])
+    try:
+        yield Path(path[0])
+        barrier()
+    finally:
+        if env.is_main:
+            shutil.rmtree(path[0], ignore_errors=True)
+        shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     base = ["trainer.progress_bar=false", "data.num_workers=0", f"trainer.max_steps={total}", *args.overrides]
     cfg = load_config(task_cls.config_class, args.config, base)
     env = init_distributed(cfg.dist)
-    tmp = shared_tmpdir(env)
-    try:
+    with shared_workspace(env) as tmp:
         if env.is_main:  # only for the Trainer's loader, which is never iterated
             write_token_shards(tmp / "tokens", num_clips=2 * env.world_size, per_shard=2, n_q=cfg.model.n_q,
                                codebook_size=cfg.model.codebook_size)
@@ -149,11 +159,6 @@ def main(argv: list[str] | None = None) -> None:
                 losses[name] += block_losses
         ddp = runs["ddp"]
         params = sum(p.numel() for p in ddp.engine.unwrap(ddp.model).parameters())
-        barrier()  # leave together: a gloo peer torn down while another still runs can abort it
-    finally:
-        if env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        shutdown()
     if not env.is_main:
         return
     print(f"engines: world {env.world_size} ({env.backend}, {env.device.type}), {args.config}, "

@@ -49,7 +49,6 @@ batch), a check that both train the same model.
 
 import argparse
 import dataclasses
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from aurora.config import TrainConfig, load_config, to_yaml
-from aurora.dist import DistEnv, barrier, init_distributed, shutdown
+from aurora.dist import DistEnv, barrier, init_distributed
 from aurora.models.flops import transformer_train_flops_per_token
 from aurora.models.transformer import TRANSFORMER_PRESETS, Qwen2ForCausalLM, TransformerConfig
 from aurora.tasks.base import Task
@@ -69,7 +68,7 @@ from aurora.train.loop import Trainer
 from aurora.train.mfu import mfu, peak_flops
 from aurora.train.rng import seed_everything
 from data_prep.synth_tokens import write_token_shards
-from tools.bench.engines import shared_tmpdir
+from tools.bench.engines import shared_workspace
 
 PRESETS = {
     **TRANSFORMER_PRESETS,
@@ -195,8 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     base.trainer.max_steps = args.warmup + args.blocks * args.steps
     base.data.num_workers = 0
     env = init_distributed(base.dist)
-    tmp = shared_tmpdir(env)
-    try:
+    with shared_workspace(env) as tmp:
         if env.is_main:  # only for the Trainer's loader, which is never iterated
             write_token_shards(tmp / "tokens", num_clips=2 * env.world_size, per_shard=2)
             (tmp / "bench.yaml").write_text(to_yaml(base))
@@ -218,11 +216,6 @@ def main(argv: list[str] | None = None) -> None:
                 barrier()
                 times[name].append(timed(step, args.steps, env.device)[0])
         params = sum(p.numel() for p in plain.params)
-        barrier()  # leave together: a gloo peer torn down while another still runs can abort it
-    finally:
-        if env.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        shutdown()
     if not env.is_main:
         return
     precision = "bf16" if args.bf16 else "fp32"
