@@ -20,6 +20,9 @@ setup(
         "matplotlib",
         # engine.name=deepspeed (ZeRO 1/2/3); the version the engine and its tests were written against.
         "deepspeed==0.19.8",
+        # Codec evaluation on 16 kHz speech: wideband PESQ (built from source) and STOI.
+        "pesq==0.0.4",
+        "pystoi==0.4.1",
     ],
     extras_require={
         # DALI's CUDA 13 wheel also runs its CPU pipelines, so the tests exercise data.backend=dali.

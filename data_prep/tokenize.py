@@ -1,108 +1,498 @@
-"""Audio shards + a trained codec -> token shards.
+"""Audio shards + a trained codec -> token shards, in batches, resumable, on any number of ranks.
 
-    torchrun --nproc-per-node 2 -m data_prep.tokenize --shards SHARDS --codec RUN --out TOKENS
+    torchrun --nproc-per-node 8 -m data_prep.tokenize --shards SHARDS --codec CODEC --out TOKENS
+        [--batch-seconds S] [--bucket-window N] [--bucket-width W]
+        [--batching auto|masked|equal-length|single]
+        [--precision bf16|fp32] [--device cpu|cuda|cuda:N] [--decode-threads N] [--resample]
 
-Each rank encodes its share of the shards (shard i goes to rank i % world) into a token shard
-of the same name: ``KEY.codes.npy`` (int16 [n_q, T]) + ``KEY.json`` (the source json plus
-``frames`` and ``frame_rate``). Rank 0 then writes ``TOKENS/manifest.json`` and a copy of the
-codec (``TOKENS/codec/``) so the token set can be decoded back to audio on its own.
-Bad samples are skipped and counted, as in training.
+``--codec`` is a codec training run (``config.yaml`` + ``checkpoints/``: its latest complete
+checkpoint), one checkpoint of such a run (``RUN/checkpoints/step_N``), or an exported codec
+(``config.yaml`` + ``model.safetensors``, e.g. the ``codec/`` folder of another token set).
+
+Output, per audio shard, a token shard of the same name: ``KEY.codes.npy`` (int16 [n_q, T],
+T = ceil(samples / hop_length)) + ``KEY.json`` (the source json plus ``frames`` and
+``frame_rate``), samples in the source order; bad samples are skipped and counted, as in
+training. Next to it ``NAME.done.json`` records the finished shard. At the end rank 0 writes
+``TOKENS/manifest.json`` (from every shard's record) and a copy of the codec
+(``TOKENS/codec/``), so the token set can be decoded back to audio on its own. The manifest
+names the codec by ``codec_id`` (a hash of its config and weights; the same whether it was
+loaded from a run or an export) and holds ``frame_rate``, ``n_q``, ``codebook_size``,
+``sample_rate``, the settings, and this run's throughput under ``stats``.
+
+Work split: the shards not yet done are dealt round-robin to the ranks; a shard is encoded by
+one rank alone, so its tokens do not depend on the world size.
+
+Batching: within a shard, clips are encoded in length-bucketed batches that give each clip the
+codes of its one-clip encode; ``data_prep.batch_encode`` explains how, the batching settings
+(``--batching``, ``--batch-seconds``, ``--bucket-window``, ``--bucket-width``) and their
+defaults, and what "the same tokens" means numerically (``--precision``).
+
+Resuming: a token shard is written to ``NAME.tmp`` and renamed into place, then its record is
+written (also tmp + rename). Run the same command again: shards whose record matches the tar
+on disk (its size) and the source shard (its size) are kept; an interrupted shard (only
+``NAME.tmp``, or a tar without record) is redone. Records made with another codec or precision
+stop the run with an error rather than mixing tokens. The manifest covers every shard, also
+those done by an earlier run.
+
+Errors in the input (no such codec or shards, audio at another sample rate than the codec's
+without ``--resample``, an output directory holding another codec's tokens) end the run with one
+line saying what is wrong and what to do, exit status 2.
+
+Test hook: ``AURORA_FAULT_TOKENIZE_KILL=I`` makes the rank that encodes shard I (0-based, in
+the shard list) SIGKILL itself after writing that shard's first window of clips into
+``NAME.tmp``, in a job's first attempt (torchrun's ``TORCHELASTIC_RESTART_COUNT`` is 0).
 """
 
+from __future__ import annotations
+
 import argparse
+import hashlib
 import io
 import json
 import os
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
 import webdataset as wds
+from torch import nn
 
-from aurora.config.schema import DistConfig
+from aurora.config import ConfigError
+from aurora.config.schema import Backend, DistConfig
 from aurora.data.audio import AudioExamples
+from aurora.data.config import DataError
 from aurora.data.manifest import resolve_shards, write_manifest
 from aurora.data.skips import BadSample, SkipCounter
 from aurora.data.tars import read_shard
-from aurora.dist import barrier, init_distributed, shutdown
-from aurora.tasks.codec import codec_from_run, export_codec
+from aurora.dist import barrier, init_distributed, read_launch_env, shutdown
+from data_prep.batch_encode import (BATCHING, DEFAULT_BATCH_SECONDS, DEFAULT_BUCKET_WIDTH, DEFAULT_BUCKET_WINDOW,
+                                    BatchEncoder, BatchStats, masking_problem, ordered_prefetch)
+from data_prep.shard_writer import TAR_MTIME
 
 CODEC_DIR = "codec"
+DONE_SUFFIX = ".done.json"
+RECORD_VERSION = 1
+FAULT_KILL_ENV = "AURORA_FAULT_TOKENIZE_KILL"
+FINAL_WAIT_S = 7 * 24 * 3600
+"""Collective timeout: a rank that finishes its shards waits this long for the others."""
+PROG = "data_prep.tokenize"
 
 
+class TokenizeError(Exception):
+    """Bad input or a bad output directory; the message says what is wrong and what to do."""
+
+
+# -- the codec ------------------------------------------------------------------------------------
+def load_codec(path: str | Path) -> tuple[nn.Module, str]:
+    """The codec at ``path`` (a run, one of its checkpoints, or an exported codec) in eval mode,
+    and a few words on where it came from."""
+    # Imported here: the training stack is only needed to read runs.
+    from aurora.config import load_config, peek_task
+    from aurora.models.codec import Codec
+    from aurora.tasks.codec import CodecTrainConfig, codec_from_run, load_exported_codec
+    from aurora.train.checkpoint import load_model_weights
+
+    path = Path(path)
+    what = ("give a codec training run (config.yaml + checkpoints/), one of its checkpoints "
+            "(RUN/checkpoints/step_N) or an exported codec (config.yaml + model.safetensors, e.g. TOKENS/codec)")
+    if not path.exists():
+        raise TokenizeError(f"--codec {path} does not exist: {what}")
+    if not path.is_dir():
+        raise TokenizeError(f"--codec {path} is a file, not a directory: {what}")
+    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
+        return load_exported_codec(path), f"exported codec {path}"
+    checkpoint = (path / ".metadata").is_file() or any(path.glob("rank_*.pt"))
+    run = path.parent.parent if checkpoint else path
+    if not (run / "config.yaml").is_file():
+        where = f" (nor has its run {run})" if checkpoint else ""
+        raise TokenizeError(f"--codec {path} is not a codec: it has no config.yaml{where}; {what}")
+    try:
+        task = peek_task(run / "config.yaml")
+        if task != "codec":
+            raise TokenizeError(f"--codec {run} is a '{task}' run, not a codec run (task: codec): {what}")
+        if not checkpoint:
+            return codec_from_run(run), f"codec run {run}"
+        codec = Codec(load_config(CodecTrainConfig, run / "config.yaml").model)
+        load_model_weights(codec, path)
+        return codec.eval(), f"codec run {run} checkpoint {path.name}"
+    except ConfigError as exn:
+        raise TokenizeError(f"--codec {path}: {exn}") from None
+    except FileNotFoundError as exn:
+        raise TokenizeError(f"--codec {path}: {exn}; train the codec first (python -m aurora train "
+                            f"configs/codec/...) or point --codec at an exported codec") from None
+
+
+def codec_id(codec: nn.Module) -> str:
+    """A short hash of the codec's config and weights: equal for equal codecs, however loaded."""
+    digest = hashlib.sha256(repr(sorted(vars(codec.cfg).items())).encode())
+    for name, tensor in sorted(codec.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def export_codec_atomically(codec: nn.Module, out_dir: Path) -> None:
+    from aurora.tasks.codec import export_codec
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_codec(codec, tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+# -- reading and writing shards -------------------------------------------------------------------
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
 
 
-def tokenize_shard(url: str, out_path: Path, codec, examples: AudioExamples, counter: SkipCounter,
-                   expected: int | None, device: torch.device) -> dict:
-    """Encode every usable sample of one audio shard; return its manifest entry."""
-    frame_rate = codec.cfg.frame_rate
-    samples, frames_total = 0, 0
+@dataclass
+class Settings:
+    batching: str
+    batch_seconds: float
+    bucket_window: int
+    bucket_width: float
+    precision: str
+    resample: bool
+    decode_threads: int
+
+
+def _fault_kill_shard() -> int | None:
+    value = os.environ.get(FAULT_KILL_ENV, "")
+    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    return int(value)
+
+
+def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, examples: AudioExamples,
+                   expected: int | None, settings: Settings) -> dict:
+    """Encode every usable sample of one audio shard into ``out_path``; return its record."""
+    started = time.perf_counter()
+    cfg = encoder.codec.cfg
+    shard = os.path.basename(url)
+    counter = SkipCounter()
+
+    def decode(sample: dict):
+        try:
+            if not settings.resample:
+                try:
+                    rate = sf.info(io.BytesIO(sample["flac"])).samplerate
+                except Exception:  # noqa: BLE001 - a bad member: decode() below names the problem
+                    rate = cfg.sample_rate
+                if rate != cfg.sample_rate:
+                    raise TokenizeError(
+                        f"{url}: sample {sample['__key__']} is {rate} Hz but the codec expects {cfg.sample_rate} Hz: "
+                        f"pass --resample to resample clips to {cfg.sample_rate} Hz as they are read, or make the "
+                        f"shards at that rate (python -m data_prep.make_shards --sample-rate {cfg.sample_rate})")
+            example = examples.decode(sample, crop_rng=None)
+            return example, json.loads(sample["json"]), None
+        except BadSample as bad:
+            return None, None, bad
+
+    kill_at = _fault_kill_shard()
+    samples, frames_total, audio_samples = 0, 0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
-    with wds.TarWriter(str(tmp)) as sink:
-        for sample in read_shard(url, counter.add, expected):
-            try:
-                example = examples.decode(sample, crop_rng=None)
-            except BadSample as bad:
-                counter.add(bad.reason, os.path.basename(url), bad.detail)
+    with open(tmp, "wb") as file:
+        sink = wds.TarWriter(file, mtime=TAR_MTIME)
+        window: list[tuple[dict, dict]] = []
+
+        def flush() -> None:
+            nonlocal samples, frames_total, audio_samples
+            if not window:
+                return
+            codes = encoder.encode([example["audio"] for example, _ in window])
+            for (example, meta), c in zip(window, codes):
+                meta.update(frames=c.shape[-1], frame_rate=cfg.frame_rate)
+                sink.write({"__key__": example["key"], "codes.npy": _npy_bytes(c.numpy()),
+                            "json": json.dumps(meta).encode()})
+                samples += 1
+                frames_total += c.shape[-1]
+                audio_samples += len(example["audio"])
+            window.clear()
+            if index == kill_at:  # test hook: die with a half-written NAME.tmp
+                file.flush()
+                os.fsync(file.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        raw = read_shard(url, counter.add, expected)
+        for example, meta, bad in ordered_prefetch(decode, raw, settings.decode_threads, 4 * settings.decode_threads):
+            if bad is not None:
+                counter.add(bad.reason, shard, bad.detail)
                 continue
-            meta = json.loads(sample["json"])
-            with torch.no_grad():
-                codes = codec.encode(example["audio"].view(1, 1, -1).to(device))[0]
-            meta.update(frames=codes.shape[-1], frame_rate=frame_rate)
-            sink.write({"__key__": example["key"], "codes.npy": _npy_bytes(codes.cpu().numpy().astype(np.int16)),
-                        "json": json.dumps(meta).encode()})
-            samples += 1
-            frames_total += codes.shape[-1]
+            window.append((example, meta))
+            if len(window) >= settings.bucket_window:
+                flush()
+        flush()
+        sink.close()
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, out_path)
-    return {"name": out_path.name, "samples": samples, "seconds": frames_total / frame_rate}
+    return {"version": RECORD_VERSION, "name": out_path.name, "samples": samples,
+            "seconds": frames_total / cfg.frame_rate, "frames": frames_total,
+            "audio_seconds": audio_samples / cfg.sample_rate, "skipped": dict(sorted(counter.take().items())),
+            "tar_bytes": out_path.stat().st_size, "source": url, "source_bytes": os.path.getsize(url),
+            "wall_s": time.perf_counter() - started}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True, help="audio shard set: a directory with manifest.json or a brace pattern")
-    parser.add_argument("--codec", required=True, help="codec training run directory (or one of its checkpoints)")
-    parser.add_argument("--out", required=True, help="output directory for the token shards")
-    args = parser.parse_args(argv)
+def record_path(out: Path, name: str) -> Path:
+    return out / (name + DONE_SUFFIX)
 
-    env = init_distributed(DistConfig())
+
+def write_record(out: Path, record: dict) -> None:
+    path = record_path(out, record["name"])
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def finished_record(out: Path, url: str, expect: dict) -> dict | None:
+    """The record of the token shard for ``url`` when it is finished and still matches the tar
+    on disk and the source; raises when it was made with other settings (``expect``)."""
+    name = os.path.basename(url)
+    path = record_path(out, name)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION or record.get("name") != name:
+        return None
+    for key, value in expect.items():
+        if record.get(key) != value:
+            raise TokenizeError(
+                f"{path} was made with {key}={record.get(key)!r}, this run has {key}={value!r}: the token set "
+                f"would mix the two. Rerun with the settings of the first run, or give a new --out (or delete {out})")
+    tar = out / name
+    if not tar.is_file() or tar.stat().st_size != record.get("tar_bytes"):
+        return None
+    if os.path.getsize(url) != record.get("source_bytes"):
+        return None
+    return record
+
+
+def _rates(audio_seconds: float, tokens: int, wall_s: float) -> dict:
+    return {"audio_seconds_per_s": audio_seconds / wall_s if wall_s > 0 else 0.0,
+            "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0}
+
+
+def _describe(stats: dict) -> str:
+    return (f"{stats['audio_seconds']:.1f} s of audio ({stats['clips']} clips, {stats['tokens']} tokens) in "
+            f"{stats['wall_s']:.2f} s: {stats['audio_seconds_per_s']:.1f} s of audio/s, "
+            f"{stats['tokens_per_s']:.0f} tokens/s")
+
+
+# -- the command ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0],
+                                     epilog="See the module docstring for resuming and the record format, and "
+                                            "data_prep.batch_encode's for batching.")
+    parser.add_argument("--shards", required=True,
+                        help="audio shard set: a directory with manifest.json or a brace pattern")
+    parser.add_argument("--codec", required=True,
+                        help="codec training run directory, one of its checkpoints, or an exported codec folder")
+    parser.add_argument("--out", required=True, help="output directory for the token shards; run again to resume")
+    parser.add_argument("--batch-seconds", type=float, default=None,
+                        help="padded audio seconds per encoder batch (default: 200 on CUDA, 2 on CPU)")
+    parser.add_argument("--bucket-window", type=int, default=DEFAULT_BUCKET_WINDOW,
+                        help=f"clips sorted by length together when forming batches (default {DEFAULT_BUCKET_WINDOW})")
+    parser.add_argument("--bucket-width", type=float, default=DEFAULT_BUCKET_WIDTH,
+                        help="clips batched together differ in length by at most this fraction, which bounds "
+                             f"the padding, as data.bucket_width does in training (default {DEFAULT_BUCKET_WIDTH})")
+    parser.add_argument("--batching", choices=BATCHING, default="auto",
+                        help="auto: masked when the codec passes the probe, else equal-length (default); "
+                             "single: one clip at a time")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                        help="encoder precision (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda (this rank's local GPU) or cuda:N (default: cuda if available)")
+    parser.add_argument("--decode-threads", type=int, default=None,
+                        help="threads decoding FLAC ahead of the encoder (default: this rank's share of the "
+                             "CPU cores, at most 4)")
+    parser.add_argument("--resample", action="store_true",
+                        help="resample clips whose rate differs from the codec's (default: stop with an error)")
+    return parser
+
+
+def _device(arg: str | None, default: torch.device) -> torch.device:
+    if arg is None:
+        return default
+    if arg == "cuda":
+        arg = f"cuda:{read_launch_env()['local_rank'] % max(torch.cuda.device_count(), 1)}"
+    try:
+        device = torch.device(arg)
+    except RuntimeError:
+        raise TokenizeError(f"--device {arg!r} is not a device: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TokenizeError(f"--device {arg}: this machine has no CUDA device; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise TokenizeError(f"--device {arg}: only cpu and cuda are supported")
+    return device
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.batch_seconds is not None and not args.batch_seconds > 0:
+        parser.error(f"--batch-seconds must be > 0, got {args.batch_seconds}")
+    if args.bucket_width < 0:
+        parser.error(f"--bucket-width must be >= 0, got {args.bucket_width}")
+    if args.bucket_window < 1:
+        parser.error(f"--bucket-window must be at least 1, got {args.bucket_window}")
+    if args.decode_threads is not None and args.decode_threads < 1:
+        parser.error(f"--decode-threads must be at least 1, got {args.decode_threads}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a directory")
+
+
+def _check_shards(spec: str, manifest: dict | None, sample_rate: int, resample: bool) -> None:
+    if manifest is None:
+        return
+    if manifest["kind"] != "audio":
+        raise TokenizeError(f"--shards {spec} is a {manifest['kind']} shard set, not audio: give the audio shards "
+                            f"made by data_prep.make_shards")
+    rate = manifest["sample_rate"]
+    if rate != sample_rate and not resample:
+        held = f"{rate} Hz audio" if rate is not None else "audio at several sample rates"
+        raise TokenizeError(
+            f"--shards {spec} holds {held} but the codec expects {sample_rate} Hz: pass --resample to resample "
+            f"clips to {sample_rate} Hz as they are read, or make the shards at that rate "
+            f"(python -m data_prep.make_shards --sample-rate {sample_rate})")
+
+
+def run(args: argparse.Namespace) -> None:
+    # Input checks before any collective: every rank sees the same files, so all stop alike.
     try:
         urls, manifest = resolve_shards(args.shards)
-        expected = {shard["name"]: shard["samples"] for shard in manifest["shards"]} if manifest else {}
-        codec = codec_from_run(args.codec).to(env.device)
+    except (DataError, FileNotFoundError) as exn:
+        raise TokenizeError(f"--shards: {exn}") from None
+    codec, source = load_codec(args.codec)
+    cfg = codec.cfg
+    _check_shards(args.shards, manifest, cfg.sample_rate, args.resample)
+    ident = codec_id(codec)
+
+    env = init_distributed(DistConfig(backend=Backend.gloo, timeout_s=FINAL_WAIT_S))
+    try:
+        device = _device(args.device, env.device)
+        precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+        batch_seconds = args.batch_seconds or DEFAULT_BATCH_SECONDS[device.type]
+        codec = codec.to(device).requires_grad_(False)
+        batching = args.batching
+        problem = masking_problem(codec, device) if batching in ("auto", "masked") else None
+        if problem and batching == "masked":
+            raise TokenizeError(f"--batching masked does not give this codec exact per-clip codes ({problem}): "
+                                f"use --batching equal-length (or auto)")
+        if batching == "auto":
+            batching = "equal-length" if problem else "masked"
+            if problem and env.is_main:
+                print(f"{PROG}: length masking does not apply to this codec ({problem}); batching clips of "
+                      f"equal length only", file=sys.stderr)
+        threads = args.decode_threads or max(1, min(4, len(os.sched_getaffinity(0)) // env.local_world_size))
+        settings = Settings(batching, batch_seconds, args.bucket_window, args.bucket_width, precision, args.resample,
+                            threads)
+
         out = Path(args.out)
-        if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        barrier()
-        examples = AudioExamples(codec.cfg.sample_rate, segment_seconds=None)
-        counter = SkipCounter()
-        entries = {}
-        for index in range(env.rank, len(urls), env.world_size):
+        out.mkdir(parents=True, exist_ok=True)
+        expect = {"codec_id": ident, "precision": precision, "n_q": cfg.n_q}
+        done = {i: r for i, url in enumerate(urls) if (r := finished_record(out, url, expect)) is not None}
+        todo = [i for i in range(len(urls)) if i not in done]
+        barrier()  # everyone has seen which shards were done before anyone writes a record
+
+        examples = AudioExamples(cfg.sample_rate, segment_seconds=None)
+        expected = {shard["name"]: shard["samples"] for shard in manifest["shards"]} if manifest else {}
+        encoder = BatchEncoder(codec, device, precision, batching, batch_seconds, args.bucket_width)
+        started = time.perf_counter()
+        mine = todo[env.rank::env.world_size]
+        clips = frames = 0
+        audio_seconds = 0.0
+        for index in mine:
             url = urls[index]
-            name = os.path.basename(url)
-            entries[index] = tokenize_shard(url, out / name, codec, examples, counter, expected.get(name), env.device)
-        gathered = [None] * env.world_size
-        dist.all_gather_object(gathered, (entries, counter.take()))
+            record = tokenize_shard(index, url, out / os.path.basename(url), encoder, examples,
+                                    expected.get(os.path.basename(url)), settings)
+            record.update(expect, batching=batching, rank=env.rank, world_size=env.world_size)
+            write_record(out, record)
+            clips += record["samples"]
+            frames += record["frames"]
+            audio_seconds += record["audio_seconds"]
+        wall = time.perf_counter() - started
+        mine_stats = {"rank": env.rank, "shards": len(mine), "clips": clips, "audio_seconds": audio_seconds,
+                      "frames": frames, "tokens": frames * cfg.n_q, "wall_s": wall,
+                      "encode_s": encoder.stats.encode_s, **_rates(audio_seconds, frames * cfg.n_q, wall),
+                      "batch_stats": vars(encoder.stats).copy()}
+        gathered: list = [None] * env.world_size
+        dist.all_gather_object(gathered, mine_stats)
         if env.is_main:
-            shards = [entry for _, entry in sorted((i, e) for part, _ in gathered for i, e in part.items())]
-            skipped: dict[str, int] = {}
-            for _, counts in gathered:
-                for reason, n in counts.items():
-                    skipped[reason] = skipped.get(reason, 0) + n
-            export_codec(codec.cpu(), out / CODEC_DIR)
-            write_manifest(out, "tokens", shards, codec.cfg.sample_rate, n_q=codec.cfg.n_q,
-                           codebook_size=codec.cfg.codebook_size, frame_rate=codec.cfg.frame_rate,
-                           codec=CODEC_DIR, source=str(args.shards), skipped=skipped)
-            total = sum(s["samples"] for s in shards)
-            print(f"tokenized {total} clips into {len(shards)} shards in {out} "
-                  f"({codec.cfg.n_q} codebooks at {codec.cfg.frame_rate:g} Hz); skipped: {skipped or 'none'}")
+            _finish(out, urls, expect, gathered, codec, ident, source, args, settings, device, len(done))
         barrier()
     finally:
         shutdown()
+
+
+def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: nn.Module, ident: str,
+            source: str, args: argparse.Namespace, settings: Settings, device: torch.device, done_before: int) -> None:
+    cfg = codec.cfg
+    records = []
+    for url in urls:
+        record = finished_record(out, url, expect)
+        if record is None:
+            raise TokenizeError(f"{record_path(out, os.path.basename(url))} is missing or does not match its tar "
+                                f"after every rank finished: run the same command again to redo that shard")
+        records.append(record)
+    skipped: Counter = Counter()
+    for record in records:
+        skipped.update(record["skipped"])
+    batch = BatchStats()
+    for part in ranks:
+        batch.add(BatchStats(**part.pop("batch_stats")))
+    wall = max(part["wall_s"] for part in ranks)
+    total = {key: sum(part[key] for part in ranks) for key in ("shards", "clips", "audio_seconds", "frames", "tokens",
+                                                               "encode_s")}
+    total.update(wall_s=wall, **_rates(total["audio_seconds"], total["tokens"], wall))
+    stats = {"ranks": ranks, "total": total, "batches": batch.summary(), "shards_done_before": done_before,
+             "device": device.type}
+
+    export_codec_atomically(codec.cpu(), out / CODEC_DIR)
+    shards = [{"name": r["name"], "samples": r["samples"], "seconds": r["seconds"]} for r in records]
+    write_manifest(out, "tokens", shards, cfg.sample_rate, n_q=cfg.n_q, codebook_size=cfg.codebook_size,
+                   frame_rate=cfg.frame_rate, hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,
+                   codec_source=source, source=str(args.shards), skipped=dict(sorted(skipped.items())),
+                   settings={"batching": settings.batching, "batch_seconds": settings.batch_seconds,
+                             "bucket_window": settings.bucket_window, "bucket_width": settings.bucket_width,
+                             "precision": settings.precision,
+                             "resample": settings.resample},
+                   stats=stats)
+    clips = sum(s["samples"] for s in shards)
+    print(f"tokenized {clips} clips into {len(shards)} shards in {out} ({cfg.n_q} codebooks at {cfg.frame_rate:g} Hz, "
+          f"codec {ident}); skipped: {dict(skipped) or 'none'}")
+    print(f"this run: {total['shards']} shards encoded, {done_before} already done; {settings.batching} batching "
+          f"({settings.precision}, {device.type}): {batch.summary()['clips_per_batch']:.1f} clips/batch, padding "
+          f"{100 * batch.summary()['padding']:.1f}%, batch budget ({settings.batch_seconds:g} s) filled "
+          f"{100 * batch.summary()['budget_fill']:.0f}%")
+    for part in ranks:
+        print(f"  rank {part['rank']}: {_describe(part)}")
+    print(f"  total ({len(ranks)} rank{'s' if len(ranks) > 1 else ''}): {_describe(total)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    try:
+        run(args)
+    except (TokenizeError, ConfigError) as exn:
+        # Bad input: one line, no traceback. Every rank says it (a rank may be the only one that
+        # cannot see a file, e.g. on a node-local disk), tagged with its rank under a launcher.
+        launch = read_launch_env()
+        where = f"[rank {launch['rank']}] " if launch["world_size"] > 1 else ""
+        print(f"{PROG}: error: {where}{exn}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,21 @@ def test_lm_throughput_bench_prints_both_loops():
     assert rows["aurora"][-1] == rows["transformers"][-1]  # fp32, same weights, same batch
     assert "device: cpu" in out and "precision: fp32" in out
     assert float(out.split("ratio aurora/transformers (tokens/s): ")[1].split()[0]) > 0
+
+
+def test_codec_step_bench_prints_aurora_rows():
+    """The aurora side alone (the DAC side needs its own 5 GB environment: run by hand)."""
+    out = run_cmd(["-m", "tools.bench.codec_step", "--no-reference", "--batch", "1", "--seconds", "0.1",
+                   "--steps", "1", "--blocks", "1", "--warmup", "1", "model.channels=4", "model.latent_dim=16",
+                   "model.decoder_channels=32", "discriminator.channels=2", "discriminator.fft_sizes=[256,128]",
+                   "discriminator.periods=[2]"]).stdout
+    rows = table(out, ("aurora",))
+    assert list(rows) == ["aurora"], out
+    assert float(rows["aurora"][0]) > 0 and rows["aurora"][2] == "-"
+
+
+def test_tokenize_bench_prints_single_and_batched():
+    out = run_cmd(["-m", "tools.bench.tokenize_throughput", "--clips", "6", "--repeats", "1"]).stdout
+    rows = table(out, ("single", "masked@2s"))
+    assert list(rows) == ["single", "masked@2s"], out
+    assert "ratio batched/single" in out

@@ -41,6 +41,27 @@ def test_unused_codes_are_replaced_by_lookup_inputs(world_of_one):
     assert reset.maybe_reset(2 * every, codebooks, engine) == n_q * K
 
 
+def test_reset_raises_usage_of_a_collapsed_codebook(world_of_one):
+    """A quantizer whose codes all point one way picks one code for every frame (perplexity 1);
+    after one reset from its own lookup inputs, the same frames spread over many codes."""
+    from aurora.models.codec import VectorQuantizer, codebook_usage
+
+    torch.manual_seed(0)
+    K, d = 64, 4
+    vq = VectorQuantizer(8, K, d)
+    with torch.no_grad():
+        vq.codebook.weight.copy_(torch.randn(1, d).expand(K, d))  # every code the same: one wins every frame
+    x = torch.randn(4, 8, 50)
+    before = vq(x)
+    assert codebook_usage(before.codes[:, None], K).item() < 1.5
+    reset = DeadCodeReset(1, K, d, every=1, seed=0, device=torch.device("cpu"))
+    reset.observe(before.codes[:, None], before.lookup_inputs[:, None])
+    replaced = reset.maybe_reset(1, [vq.codebook.weight], build_engine(TrainConfig(), world_of_one))
+    assert replaced >= K - 2
+    after = codebook_usage(vq(x).codes[:, None], K).item()
+    assert after > 20, after
+
+
 def test_disabled(world_of_one):
     engine = build_engine(TrainConfig(), world_of_one)
     reset = DeadCodeReset(1, 4, 2, every=0, seed=0, device=torch.device("cpu"))

@@ -34,6 +34,11 @@ class OptimizerName(str, Enum):
     sgd = "sgd"
 
 
+class LRSchedule(str, Enum):
+    cosine = "cosine"
+    exponential = "exponential"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -118,11 +123,20 @@ class OptimConfig:
     """AdamW epsilon."""
     warmup_steps: int = 0
     """Linear warm-up from 0 to lr over this many steps."""
+    schedule: LRSchedule = LRSchedule.cosine
+    """What follows warm-up: cosine (decay to lr * min_lr_ratio over decay_steps) or
+    exponential (lr * gamma ** steps since warm-up, as torch's ExponentialLR; GAN codecs)."""
     decay_steps: Optional[int] = None
-    """Length of the cosine decay that follows warm-up, in steps; null means
+    """cosine: length of the decay that follows warm-up, in steps; null means
     trainer.max_steps. Set it explicitly when a run is extended, so the schedule is stable."""
     min_lr_ratio: float = 0.1
-    """The cosine ends at lr * min_lr_ratio and stays there."""
+    """cosine: the decay ends at lr * min_lr_ratio and stays there."""
+    gamma: float = 0.999996
+    """exponential: LR multiplier per optimizer step (DAC's 0.999996 halves it in ~173k steps)."""
+
+    def __post_init__(self):
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma}")
 
 
 @dataclass

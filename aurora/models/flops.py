@@ -26,6 +26,7 @@ FlopCounterMode (convolutions, transposed convolutions and the quantizer's matmu
 """
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from aurora.models.audio_lm import AudioLMConfig
@@ -88,4 +89,19 @@ def codec_train_flops(model: Codec, seconds: float = 1.0) -> int:
     with FlopCounterMode(display=False) as counter:
         out = model(wav)
         (out.recon.abs().mean() + out.commitment_loss + out.codebook_loss).backward()
+    return counter.get_total_flops()
+
+
+def discriminator_train_flops(model: nn.Module, sample_rate: int, seconds: float = 1.0) -> int:
+    """FLOPs the GAN step spends in the discriminator per clip of `seconds`: its own turn
+    (forward + backward on the real and the generated clip) and the generator's turn (forward +
+    backward on the generated clip, forward on the real one), counted by FlopCounterMode."""
+    device = next(model.parameters()).device
+    wav = torch.randn(1, 1, round(seconds * sample_rate), generator=torch.Generator().manual_seed(0)).to(device)
+    with FlopCounterMode(display=False) as counter:
+        sum(maps[-1].mean() for maps in model(torch.cat([wav, wav]))).backward()
+        fake = wav.clone().requires_grad_()
+        sum(maps[-1].mean() for maps in model(fake)).backward()
+        with torch.no_grad():
+            model(wav)
     return counter.get_total_flops()

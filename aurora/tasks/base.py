@@ -7,17 +7,66 @@ sharding engine wraps, and turns a batch into a loss. The loop never imports a m
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import nn
 
-from aurora.config.schema import TrainConfig
+from aurora.config.schema import OptimConfig, TrainConfig
 from aurora.dist import DistEnv
 from aurora.engines import Engine
 
 
 MODEL_FLOPS = "model_flops"
+
+MAIN_PART = "model"
+"""The name of the recipe's main model (``build_model``) among the parts a step trains."""
+
+
+@dataclasses.dataclass
+class PartSpec:
+    """A model a recipe trains beside its main one, with an optimizer of its own (a GAN's
+    discriminator). The loop wraps it with its own engine instance, steps, clips, schedules,
+    checkpoints (under ``parts/<name>``) and syncs it like the main model."""
+
+    name: str
+    """Its key in checkpoints and the prefix of its loss, grad_norm and lr metrics."""
+    model: nn.Module
+    """Freshly initialised, on the CPU."""
+    shard_units: list[nn.Module]
+    """Blocks a sharding engine wraps one by one."""
+    optim: OptimConfig
+    """Its optimizer and LR schedule."""
+    clip_grad_norm: Optional[float]
+    """Its global gradient-norm clip (null: none)."""
+
+
+class PartModels(dict):
+    """Each part's wrapped model, by name."""
+
+    def __init__(self, wrapped: dict[str, nn.Module], inner: dict[str, nn.Module]):
+        super().__init__(wrapped)
+        self._inner = inner
+
+    def passthrough(self, name: str) -> Callable:
+        """A call of part ``name`` for a loss that needs gradients through it but does not
+        train it (a generator's loss through the discriminator): its parameters are frozen
+        while the graph is built, so backward computes no gradient for them, and it calls the
+        engine's inner module, so DDP's reducer does not wait for them either. FSDP2 carries
+        the frozen flag over to the gathered parameters and skips their reduce-scatter."""
+        module = self._inner[name]
+
+        def call(*args, **kwargs):
+            trained = [p for p in module.parameters() if p.requires_grad]
+            for p in trained:
+                p.requires_grad_(False)
+            try:
+                return module(*args, **kwargs)
+            finally:
+                for p in trained:
+                    p.requires_grad_(True)
+
+        return call
 
 
 class Task(ABC):
@@ -43,6 +92,20 @@ class Task(ABC):
         """Loss to minimise and detached metrics, for one micro-batch. ``model`` is the wrapped
         module: call it (its forward), never its methods, so engine hooks run."""
 
+    def extra_parts(self) -> list[PartSpec]:
+        """Models trained beside the main one, built after it (called once). Within a step,
+        each extra part's micro-batches and update run before the main model's, in this order."""
+        return []
+
+    def part_loss(self, part: str, models: "PartModels", batch: dict, carry: dict,
+                  step: int) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
+        """Loss of part ``part`` for one micro-batch of optimizer step ``step`` (0-based), given
+        every part's wrapped model. ``carry`` is one dict per micro-batch, kept across the parts
+        of a step (e.g. the generator's output from the discriminator's turn). A ``None`` loss
+        means nothing to backpropagate (a part not trained yet); it must be the same on every
+        rank. Single-model recipes only implement ``loss``."""
+        return self.loss(models[MAIN_PART], batch)
+
     def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
         """Called on every rank after optimizer step ``step``, for maintenance that must happen
         between steps (it may issue collectives: every rank calls it). Returns metrics."""
@@ -61,23 +124,28 @@ class Task(ABC):
         loop its TFLOP/s and MFU."""
         return {"samples": float(len(batch["keys"]))}
 
-    def evaluate(self, checkpoint: Path) -> dict[str, float]:
-        """Held-out loss of the weights in ``checkpoint``, over the first ``trainer.eval_batches``
-        batches of ``data.eval_shards``, weighted by valid units as in training. Runs on rank 0
-        alone, on a plain copy of the model (no collectives), so a failure cannot leave ranks out
-        of step; ``loss`` sees a model in eval mode."""
+    def eval_batches(self) -> list[dict]:
+        """The first ``trainer.eval_batches`` batches of ``data.eval_shards`` on this rank's
+        device: the same batches at every evaluation."""
         from aurora.data import batch_to_device, build_loader
+
+        data_cfg = dataclasses.replace(self.cfg.data, shards=self.cfg.data.eval_shards, eval_shards=None)
+        loader = build_loader(data_cfg, self.data_kind, rank=0, world_size=1, seed=self.cfg.run.seed)
+        return [batch_to_device(batch, self.env.device) for batch, _ in zip(loader, range(self.cfg.trainer.eval_batches))]
+
+    def evaluate(self, checkpoint: Path) -> dict:
+        """Held-out loss of the weights in ``checkpoint`` over ``eval_batches``, weighted by
+        valid units as in training. Runs on rank 0 alone, on a plain copy of the model (no
+        collectives), so a failure cannot leave ranks out of step; ``loss`` sees a model in eval
+        mode. Values are floats, or paths of files to show as media (audio, images)."""
         from aurora.train.checkpoint import load_model_weights
 
         model = self.build_model()
         load_model_weights(model, checkpoint)
         model.to(self.env.device).eval()
-        data_cfg = dataclasses.replace(self.cfg.data, shards=self.cfg.data.eval_shards, eval_shards=None)
-        loader = build_loader(data_cfg, self.data_kind, rank=0, world_size=1, seed=self.cfg.run.seed)
         loss_sum = units = 0.0
         with torch.no_grad():
-            for batch, _ in zip(loader, range(self.cfg.trainer.eval_batches)):
-                batch = batch_to_device(batch, self.env.device)
+            for batch in self.eval_batches():
                 loss, _ = self.loss(model, batch)
                 valid = float(batch["lengths"].sum())
                 loss_sum += loss.item() * valid

@@ -1,41 +1,82 @@
-"""Recipe: an RVQ audio codec trained on reconstruction (multi-scale mel L1 + waveform L1)
-plus the quantizer's commitment and codebook losses."""
+"""Recipe: an RVQ audio codec trained as a GAN (DAC / EnCodec recipe).
 
+One optimizer step has two parts (``Task.extra_parts``): the discriminator's update, then the
+generator's (the codec). Per micro-batch:
+
+- discriminator turn: the codec reconstructs the batch; the discriminator sees real and
+  reconstructed audio (detached) in one forward and takes an LSGAN or hinge loss;
+- generator turn (after the discriminator's update): multi-scale mel L1 (and optionally waveform
+  L1), adversarial and feature-matching losses through the updated discriminator, plus the
+  quantizer's commitment and codebook losses; fixed weights, or EnCodec's gradient balancer for
+  the losses of the reconstruction.
+
+With one micro-batch per step the generator's forward of the discriminator turn is kept for the
+generator's backward (one forward per step, as DAC); with accumulation each turn runs its own
+forward, so no micro-batch's graph outlives its backward. Every decision (the discriminator's
+start step, quantizer dropout draws, dead-code resets) depends on the step and seeds only, never
+on one rank's numbers, so the collectives of every rank stay in step. Padding beyond each
+clip's length is zeroed in the reconstruction before the discriminator sees it, so real and
+fake differ only in the audio.
+
+``gan.enabled=false`` trains the codec on reconstruction alone (one part, any engine).
+"""
+
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aurora.config import ConfigError, load_config
-from aurora.config.schema import TrainConfig
-from aurora.models.codec import Codec, CodecConfig, codebook_usage
-from aurora.tasks.audio_losses import MultiScaleMelLoss, masked_l1
+from aurora.config.schema import EngineName, LRSchedule, OptimConfig, TrainConfig
 from aurora.engines import Engine
-from aurora.models.flops import codec_train_flops
-from aurora.tasks.base import MODEL_FLOPS, Task
+from aurora.models.codec import Codec, CodecConfig, CodecOutput, Discriminator, DiscriminatorConfig, codebook_usage
+from aurora.models.flops import codec_train_flops, discriminator_train_flops
+from aurora.tasks.audio_losses import MultiScaleMelLoss, masked_l1
+from aurora.tasks.balancer import Balancer
+from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
+from aurora.tasks.codec_quality import measure_quality, write_reconstructions
 from aurora.tasks.dead_codes import DeadCodeReset
+from aurora.tasks.gan_losses import GanLossKind, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from aurora.train.checkpoint import load_model_weights
+
+DISCRIMINATOR = "discriminator"
+"""The discriminator's part name: its checkpoint key (``parts/discriminator``) and metric prefix."""
 
 
 @dataclass
 class CodecLossConfig:
-    mel_weight: float = 1.0
-    """Weight of the multi-scale log-mel L1."""
-    waveform_weight: float = 1.0
-    """Weight of the waveform L1."""
+    mel_weight: float = 15.0
+    """Weight of the multi-scale log-mel L1 (DAC: 15)."""
+    waveform_weight: float = 0.0
+    """Weight of the waveform L1 (DAC: 0)."""
+    adversarial_weight: float = 1.0
+    """Weight of the generator's adversarial loss (DAC: 1)."""
+    feature_matching_weight: float = 2.0
+    """Weight of the discriminator feature-matching L1 (DAC: 2)."""
     commitment_weight: float = 0.25
-    """Weight of the commitment loss (encoder towards its codes), summed over stages."""
+    """Weight of the commitment loss (encoder towards its codes), summed over stages (DAC: 0.25)."""
     codebook_weight: float = 1.0
-    """Weight of the codebook loss (codes towards the encoder), summed over stages."""
-    mel_n_ffts: list[int] = field(default_factory=lambda: [256, 512, 1024])
-    """STFT sizes of the mel scales (hop = n_fft / 4)."""
-    mel_n_mels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    """Mel bands per scale, one per entry of mel_n_ffts."""
+    """Weight of the codebook loss (codes towards the encoder), summed over stages (DAC: 1)."""
+    adversarial: GanLossKind = GanLossKind.lsgan
+    """Adversarial loss: lsgan (least squares, DAC) or hinge (EnCodec)."""
+    mel_n_ffts: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048])
+    """STFT sizes of the mel scales (hop = n_fft / 4; DAC's window lengths)."""
+    mel_n_mels: list[int] = field(default_factory=lambda: [5, 10, 20, 40, 80, 160, 320])
+    """Mel bands per scale, one per entry of mel_n_ffts (DAC's)."""
+    balancer: bool = False
+    """Balance the losses of the reconstruction (mel, waveform, adversarial, feature matching) by
+    their gradient norms w.r.t. the generated audio (EnCodec): each weight becomes a share of
+    ``balancer_total_norm``. The quantizer losses keep their fixed weights."""
+    balancer_total_norm: float = 1.0
+    """balancer: norm of the summed, rescaled gradient on the generated audio."""
+    balancer_ema_decay: float = 0.999
+    """balancer: decay of the moving average of each loss's gradient norm."""
 
 
 @dataclass
@@ -45,12 +86,58 @@ class QuantizerMaintenanceConfig:
     encoder outputs from the latest batch (0 disables)."""
 
 
+def _discriminator_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-4, betas=[0.8, 0.99], weight_decay=0.0, schedule=LRSchedule.exponential)
+
+
+@dataclass
+class GanConfig:
+    enabled: bool = True
+    """Train against the discriminator. false: reconstruction losses alone (one optimizer)."""
+    start_step: int = 0
+    """Steps the generator trains on reconstruction alone before the discriminator (and the
+    adversarial and feature-matching losses) start: a warm-up delay."""
+    optim: OptimConfig = field(default_factory=_discriminator_optim)
+    """The discriminator's optimizer and LR schedule (DAC: AdamW 1e-4, betas (0.8, 0.99),
+    ExponentialLR 0.999996 per step)."""
+    clip_grad_norm: float | None = 10.0
+    """The discriminator's gradient-norm clip (DAC: 10; the generator's is trainer.clip_grad_norm)."""
+
+
 @dataclass
 class CodecTrainConfig(TrainConfig):
     task: str = "codec"
     model: CodecConfig = field(default_factory=CodecConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    """Sub-discriminators (its sample_rate is always model.sample_rate)."""
     loss: CodecLossConfig = field(default_factory=CodecLossConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
     quantizer: QuantizerMaintenanceConfig = field(default_factory=QuantizerMaintenanceConfig)
+    eval_clips: int = 4
+    """Clips of the first eval batch reconstructed at every evaluation (FLAC + log-mel PNG in
+    RUN/samples/step_N, and wandb media when enabled)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gan.enabled and self.engine.name == EngineName.deepspeed:
+            raise ValueError("the codec's GAN step trains two models with two optimizers, and engine.name=deepspeed "
+                             "wraps one: use engine.name=ddp or fsdp, or set gan.enabled=false")
+        if self.data.sample_rate != self.model.sample_rate:
+            raise ValueError(f"data.sample_rate ({self.data.sample_rate}) must equal model.sample_rate "
+                             f"({self.model.sample_rate}): the loader resamples to data.sample_rate")
+        self.discriminator = dataclasses.replace(self.discriminator, sample_rate=self.model.sample_rate)
+
+
+def _valid_only(audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero every sample beyond each item's length."""
+    return audio * (torch.arange(audio.shape[-1], device=audio.device) < lengths[:, None])[:, None, :]
+
+
+def _halves(outputs: list[list[torch.Tensor]]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """Split the discriminator's outputs of a [real; fake] batch into those of each half."""
+    real = [[f.chunk(2)[0] for f in maps] for maps in outputs]
+    fake = [[f.chunk(2)[1] for f in maps] for maps in outputs]
+    return real, fake
 
 
 class CodecTask(Task):
@@ -59,16 +146,19 @@ class CodecTask(Task):
 
     def __init__(self, cfg: CodecTrainConfig, env):
         super().__init__(cfg, env)
-        if cfg.data.sample_rate != cfg.model.sample_rate:
-            raise ConfigError(
-                f"config: data.sample_rate ({cfg.data.sample_rate}) must equal model.sample_rate "
-                f"({cfg.model.sample_rate}): the loader resamples to data.sample_rate"
-            )
         lc = cfg.loss
         self.mel_loss = MultiScaleMelLoss(cfg.model.sample_rate, lc.mel_n_ffts, lc.mel_n_mels).to(env.device)
         m = cfg.model
         self.dead_codes = DeadCodeReset(m.n_q, m.codebook_size, m.codebook_dim, cfg.quantizer.dead_code_every,
                                         cfg.run.seed, env.device)
+        self.dropout_rng = torch.Generator(device=env.device).manual_seed(cfg.run.seed * 1_000_003 + env.rank)
+        """Quantizer-dropout draws: each rank its own stream, checkpointed with the task."""
+        self.balancer = None
+        if lc.balancer:
+            weights = {"mel": lc.mel_weight, "waveform": lc.waveform_weight, "adversarial": lc.adversarial_weight,
+                       "feature_matching": lc.feature_matching_weight}
+            self.balancer = Balancer({k: w for k, w in weights.items() if w > 0}, total_norm=lc.balancer_total_norm,
+                                     ema_decay=lc.balancer_ema_decay)
 
     def build_model(self) -> nn.Module:
         return Codec(self.cfg.model)
@@ -76,20 +166,62 @@ class CodecTask(Task):
     def shard_units(self, model: Codec) -> list[nn.Module]:
         return model.shard_units()
 
+    def extra_parts(self) -> list[PartSpec]:
+        if not self.cfg.gan.enabled:
+            return []
+        disc = Discriminator(self.cfg.discriminator)
+        return [PartSpec(DISCRIMINATOR, disc, disc.shard_units(), self.cfg.gan.optim, self.cfg.gan.clip_grad_norm)]
+
+    def _reconstruct(self, codec: nn.Module, batch: dict) -> CodecOutput:
+        return codec(batch["audio"], generator=self.dropout_rng if codec.training else None)
+
     def loss(self, model: nn.Module, batch: dict):
+        """Reconstruction and quantizer losses alone (gan.enabled=false, and evaluation)."""
+        return self._generator_loss(model, None, batch, self._reconstruct(model, batch))
+
+    def part_loss(self, part: str, models: PartModels, batch: dict, carry: dict, step: int):
+        gan = self.cfg.gan.enabled and step >= self.cfg.gan.start_step
+        if part == DISCRIMINATOR:
+            if not gan:
+                return None, {}
+            keep = self.cfg.trainer.grad_accum_steps == 1
+            with torch.set_grad_enabled(keep):
+                out = self._reconstruct(models[MAIN_PART], batch)
+            if keep:
+                carry["out"] = out
+            fake = _valid_only(out.recon.detach(), batch["lengths"])
+            real, fake = _halves(models[DISCRIMINATOR](torch.cat([batch["audio"], fake.to(batch["audio"].dtype)])))
+            return discriminator_loss(real, fake, self.cfg.loss.adversarial), {}
+        out = carry.pop("out") if "out" in carry else self._reconstruct(models[MAIN_PART], batch)
+        return self._generator_loss(models[MAIN_PART], models.passthrough(DISCRIMINATOR) if gan else None, batch, out)
+
+    def _generator_loss(self, codec: nn.Module, discriminator: Callable | None, batch: dict, out: CodecOutput):
         audio, lengths = batch["audio"], batch["lengths"]
-        out = model(audio)
         lc = self.cfg.loss
-        mel = self.mel_loss(out.recon, audio, lengths)
-        wave = masked_l1(out.recon.float(), audio, lengths)
-        total = (lc.mel_weight * mel + lc.waveform_weight * wave
-                 + lc.commitment_weight * out.commitment_loss + lc.codebook_weight * out.codebook_loss)
-        metrics = {"mel_l1": mel, "waveform_l1": wave, "commitment": out.commitment_loss,
-                   "codebook": out.codebook_loss}
-        if model.training:  # evaluation must not change which codes count as dead
+        recon = _valid_only(out.recon, lengths)
+        losses = {"mel": self.mel_loss(recon, audio, lengths), "waveform": masked_l1(recon.float(), audio, lengths)}
+        weights = {"mel": lc.mel_weight, "waveform": lc.waveform_weight}
+        if discriminator is not None:
+            fake = discriminator(recon)
+            with torch.no_grad():
+                real = discriminator(audio)
+            losses["adversarial"] = generator_adversarial_loss(fake, lc.adversarial)
+            losses["feature_matching"] = feature_matching_loss(real, fake)
+            weights.update(adversarial=lc.adversarial_weight, feature_matching=lc.feature_matching_weight)
+        metrics = {f"loss/{name}": value for name, value in losses.items()}
+        if self.balancer is not None and codec.training:
+            balanced = {k: v for k, v in losses.items() if k in self.balancer.weights}
+            total = self.balancer.surrogate(balanced, recon)
+            metrics.update({f"balancer/{k}": v for k, v in self.balancer.metrics.items()})
+        else:
+            total = sum(weights[k] * v for k, v in losses.items() if weights[k])
+        total = total + lc.commitment_weight * out.commitment_loss + lc.codebook_weight * out.codebook_loss
+        metrics.update({"loss/commitment": out.commitment_loss, "loss/codebook": out.codebook_loss})
+        if codec.training:  # evaluation must not change which codes count as dead
             self.dead_codes.observe(out.codes, out.lookup_inputs)
         usage = codebook_usage(out.codes, self.cfg.model.codebook_size)
         metrics.update({f"perplexity/q{i}": p for i, p in enumerate(usage)})
+        metrics["quantizer/stages_used"] = out.n_q_used.float().mean()
         return total, metrics
 
     def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
@@ -98,17 +230,26 @@ class CodecTask(Task):
         return {"codes_reset": float(self.dead_codes.maybe_reset(step, codebooks, engine))}
 
     def state_dict(self) -> dict:
-        return {"dead_codes": self.dead_codes.state_dict()}
+        state = {"dead_codes": self.dead_codes.state_dict(), "dropout_rng": self.dropout_rng.get_state()}
+        if self.balancer is not None:
+            state["balancer"] = self.balancer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.dead_codes.load_state_dict(state["dead_codes"])
+        self.dropout_rng.set_state(state["dropout_rng"])
+        if self.balancer is not None:
+            self.balancer.load_state_dict(state["balancer"])
 
     @functools.cached_property
     def _train_flops_per_second(self) -> int:
         """Forward + backward FLOPs per second of audio, counted once on a fresh CPU model (its
         initialisation must not move the training random streams)."""
         with torch.random.fork_rng(devices=[]):
-            return codec_train_flops(self.build_model(), seconds=1.0)
+            flops = codec_train_flops(self.build_model(), seconds=1.0)
+            if self.cfg.gan.enabled:
+                flops += discriminator_train_flops(Discriminator(self.cfg.discriminator), self.cfg.model.sample_rate)
+            return flops
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         padded_seconds = batch["audio"].shape[0] * batch["audio"].shape[-1] / self.cfg.model.sample_rate
@@ -116,20 +257,29 @@ class CodecTask(Task):
                 "audio_seconds": batch["lengths"].sum().item() / self.cfg.model.sample_rate,
                 MODEL_FLOPS: padded_seconds * self._train_flops_per_second}
 
+    def evaluate(self, checkpoint: Path) -> dict:
+        """The held-out reconstruction loss, the DAC-paper quality metrics (mel and STFT
+        distance, SI-SDR, codebook usage, bitrate; PESQ and STOI at 16 kHz) through the token
+        path (encode, decode), and reconstructions of the first ``eval_clips`` clips (FLAC +
+        log-mel PNG in RUN/samples/step_N, returned as media)."""
+        metrics = super().evaluate(checkpoint)
+        codec = Codec(self.cfg.model)
+        load_model_weights(codec, checkpoint)
+        codec.to(self.env.device).eval()
+        batches = self.eval_batches()
+        metrics.update(measure_quality(codec, batches))
+        out_dir = Path(self.cfg.run.dir) / "samples" / Path(checkpoint).name
+        for path in write_reconstructions(codec, batches[0], out_dir, self.cfg.eval_clips):
+            metrics[f"media/{path.name}"] = path
+        return metrics
+
     def on_train_end(self, run_dir: Path) -> None:
         """Reconstruct a few training clips into RUN/samples for listening."""
         from aurora.data import build_loader
 
-        codec = codec_from_run(run_dir)
+        codec = codec_from_run(run_dir).to(self.env.device)
         batch = next(iter(build_loader(self.cfg.data, "audio", rank=0, world_size=1, seed=self.cfg.run.seed)))
-        out_dir = Path(run_dir) / "samples"
-        out_dir.mkdir(exist_ok=True)
-        with torch.no_grad():
-            recon = codec(batch["audio"][:4]).recon
-        for i, key in enumerate(batch["keys"][:4]):
-            n = int(batch["lengths"][i])
-            sf.write(out_dir / f"{key}.orig.flac", batch["audio"][i, 0, :n].numpy(), codec.cfg.sample_rate)
-            sf.write(out_dir / f"{key}.recon.flac", recon[i, 0, :n].clamp(-1, 1).numpy(), codec.cfg.sample_rate)
+        write_reconstructions(codec, batch, Path(run_dir) / "samples", self.cfg.eval_clips)
 
 
 def codec_from_run(run_dir: str | Path) -> Codec:
@@ -138,6 +288,16 @@ def codec_from_run(run_dir: str | Path) -> Codec:
     codec = Codec(cfg.model)
     load_model_weights(codec, run_dir)
     return codec.eval()
+
+
+def discriminator_from_run(run_dir: str | Path) -> Discriminator:
+    """The discriminator of a GAN codec run's latest checkpoint (to fine-tune from), in eval mode."""
+    cfg = load_config(CodecTrainConfig, Path(run_dir) / "config.yaml")
+    if not cfg.gan.enabled:
+        raise ValueError(f"{run_dir} trained without a discriminator (gan.enabled=false)")
+    discriminator = Discriminator(cfg.discriminator)
+    load_model_weights(discriminator, run_dir, part=DISCRIMINATOR)
+    return discriminator.eval()
 
 
 def export_codec(codec: Codec, out_dir: str | Path) -> None:

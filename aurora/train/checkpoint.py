@@ -285,19 +285,23 @@ class Checkpointer:
         return rank_state, torch.load(path / SHARED_FILE, weights_only=False)
 
 
-def load_model_weights(model: nn.Module, path: str | Path) -> Path:
-    """Load the model part of a training checkpoint into a plain (unwrapped) module, in this
-    process alone (no collectives): for evaluation, tokenizing, sampling and export."""
+def load_model_weights(model: nn.Module, path: str | Path, part: str | None = None) -> Path:
+    """Load the main model of a training checkpoint, or the extra part ``part`` (a GAN's
+    discriminator), into a plain (unwrapped) module, in this process alone (no collectives):
+    for evaluation, tokenizing, sampling, fine-tuning and export."""
     ckpt = resolve_checkpoint(path)
-    from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
+    if part is None:
+        from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
 
-    native = consolidated_weights(ckpt)
-    if native is not None:
-        model.load_state_dict(native)
-        return ckpt
-    state = {"model": model.state_dict()}
+        native = consolidated_weights(ckpt)
+        if native is not None:
+            model.load_state_dict(native)
+            return ckpt
+        state = {"model": model.state_dict()}
+    else:
+        state = {"parts": {part: {"model": model.state_dict()}}}
     with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=ckpt, no_dist=True)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(state["model"] if part is None else state["parts"][part]["model"])
     return ckpt

@@ -2,18 +2,22 @@
 
 One optimizer step = ``grad_accum_steps`` micro-batches, fetched first (one small all-reduce
 sums their valid units over ranks, so each micro-batch's loss is weighted by its share of the
-step: batches of any size count fairly) → forward/backward each (gradients synchronised on the
-last only) → one all-reduce that tells every rank whether any rank saw a non-finite loss and
+step: batches of any size count fairly), then, for each part the recipe trains (its main model,
+preceded by extra parts with optimizers of their own, such as a GAN's discriminator): its
+gradients cleared → forward/backward of each micro-batch (gradients synchronised on the last
+only) → one all-reduce that tells every rank whether any rank saw a non-finite loss and
 whether any rank was asked to stop (preemption), and carries every logged number → the
-engine clips (by value, then by global norm) and steps, unless a loss or the gradient norm is
-non-finite (then every rank skips the update) → cross-node parameter average every K steps
-(``sync.mode=hierarchical``) → LR schedule → checkpoint → evaluation → metrics.
+part's engine clips (by value, then by global norm) and steps, unless a loss or the gradient
+norm is non-finite (then every rank skips the update) → its LR schedule. Then the cross-node
+parameter average every K steps (``sync.mode=hierarchical``) → checkpoint → evaluation →
+metrics.
 
 What keeps a long job alive lives beside the loop, one module each: ``nonfatal`` (work whose
 failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``preemption``
 (signals), ``watchdog`` (hangs), ``stops`` (exit codes), ``faults`` (test hooks).
 """
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -29,8 +33,8 @@ from aurora.data import batch_to_device, build_loader
 from aurora.dist import DistEnv, all_reduce_sum, barrier
 from aurora.dist.hierarchical import HierarchicalSync
 from aurora.dist.mesh import REPLICATE, SHARD
-from aurora.engines import build_engine
-from aurora.tasks.base import MODEL_FLOPS, Task
+from aurora.engines import Engine, build_engine
+from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
 from aurora.train import faults
 from aurora.train.checkpoint import Checkpointer, step_dirname
 from aurora.train.metrics import MetricsLogger
@@ -75,6 +79,21 @@ def _truncate_log(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+@dataclasses.dataclass
+class TrainedPart:
+    """One model of the step with everything that updates it."""
+    name: str
+    engine: Engine
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    outer_sync: HierarchicalSync | None
+
+    def prefixed(self, metric: str) -> str:
+        """The main model's metrics keep their plain names; other parts' carry theirs."""
+        return metric if self.name == MAIN_PART else f"{self.name}/{metric}"
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task_cls: type[Task], env: DistEnv):
         self.cfg = cfg
@@ -87,16 +106,15 @@ class Trainer:
 
         seed_everything(cfg.run.seed)  # the same initial weights on every rank
         self.task = task_cls(cfg, env)
-        self.engine = build_engine(cfg, env)
         raw_model = self.task.build_model()
-        self.model, self.optimizer = self.engine.prepare(raw_model, self.task.shard_units(raw_model),
-                                                         lambda model: build_optimizer(model, cfg.optim))
-        self.outer_sync = None
-        if cfg.sync.mode == SyncMode.hierarchical:
-            mesh = self.engine.mesh
-            replicas = None if self.engine.shards_parameters else mesh.get_group(SHARD)
-            self.outer_sync = HierarchicalSync(cfg.sync, mesh.get_group(REPLICATE), replicas, self.model, self.optimizer)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.trainer.max_steps)
+        main = PartSpec(MAIN_PART, raw_model, self.task.shard_units(raw_model), cfg.optim, cfg.trainer.clip_grad_norm)
+        self.parts = [self._prepare(spec) for spec in [*self.task.extra_parts(), main]]
+        """Every model the step trains, in update order; the main model is last."""
+        main_part = self.parts[-1]
+        self.engine, self.model, self.optimizer = main_part.engine, main_part.model, main_part.optimizer
+        self.scheduler, self.outer_sync = main_part.scheduler, main_part.outer_sync
+        self.models = PartModels({part.name: part.model for part in self.parts},
+                                 {part.name: part.engine.unwrap(part.model) for part in self.parts})
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
         self.nonfatal = NonFatal(env.rank)
         self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
@@ -112,21 +130,44 @@ class Trainer:
         """Some rank was asked to stop (agreed by the step's all-reduce)."""
         self.skipped_samples: Counter = Counter()
 
+    def _prepare(self, spec: PartSpec) -> TrainedPart:
+        """Wrap one part with an engine of its own (its own clip), optimizer, LR schedule and
+        cross-node sync."""
+        cfg = self.cfg
+        part_cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, clip_grad_norm=spec.clip_grad_norm))
+        engine = build_engine(part_cfg, self.env)
+        model, optimizer = engine.prepare(spec.model, spec.shard_units, lambda m: build_optimizer(m, spec.optim))
+        outer_sync = None
+        if cfg.sync.mode == SyncMode.hierarchical:
+            mesh = engine.mesh
+            replicas = None if engine.shards_parameters else mesh.get_group(SHARD)
+            outer_sync = HierarchicalSync(cfg.sync, mesh.get_group(REPLICATE), replicas, model, optimizer)
+        scheduler = build_scheduler(optimizer, spec.optim, cfg.trainer.max_steps)
+        return TrainedPart(spec.name, engine, model, optimizer, scheduler, outer_sync)
+
     # -- checkpoint state -------------------------------------------------------------------
     def _app_state(self) -> dict:
-        model_state, optim_state = self.engine.state_dict(self.model, self.optimizer)
-        trainer_state = {"step": self.step, "skipped_steps": self.skipped_steps,
-                         "scheduler": self.scheduler.state_dict()}
-        return {"model": model_state, "optim": optim_state, "trainer": trainer_state}
+        state = {"trainer": {"step": self.step, "skipped_steps": self.skipped_steps,
+                             "scheduler": self.scheduler.state_dict()}}
+        for part in self.parts:
+            model_state, optim_state = part.engine.state_dict(part.model, part.optimizer)
+            if part.name == MAIN_PART:
+                state.update(model=model_state, optim=optim_state)
+            else:
+                state.setdefault("parts", {})[part.name] = {"model": model_state, "optim": optim_state,
+                                                            "scheduler": part.scheduler.state_dict()}
+        return state
 
     def save(self) -> bool:
         """Checkpoint this step on every rank; False if the save failed and was skipped."""
-        if self.outer_sync is not None and not self.outer_sync.due(self.step):
-            # Nodes hold different weights between outer steps; a checkpoint holds one copy.
-            self.outer_sync.outer_step()
-        rank_state = {"rng": rng_state(), "task": self.task.state_dict()}
-        if self.outer_sync is not None:
-            rank_state["outer_sync"] = self.outer_sync.state_dict()
+        rank_state = {"rng": rng_state(), "task": self.task.state_dict(), "outer_sync": {}}
+        for part in self.parts:
+            if part.outer_sync is None:
+                continue
+            if not part.outer_sync.due(self.step):
+                # Nodes hold different weights between outer steps; a checkpoint holds one copy.
+                part.outer_sync.outer_step()
+            rank_state["outer_sync"][part.name] = part.outer_sync.state_dict()
         shared = [None] * self.env.world_size
         dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
         return self.checkpointer.save(self.step, self._app_state(), rank_state, {"ranks": shared},
@@ -135,10 +176,14 @@ class Trainer:
     def resume(self, path: Path) -> None:
         app_state = self._app_state()
         rank_state, shared = self.checkpointer.load(path, app_state)
-        self.engine.load_state_dict(self.model, self.optimizer, app_state["model"], app_state["optim"])
-        self.engine.load_native(self.model, path)
-        if self.outer_sync is not None and "outer_sync" in rank_state:
-            self.outer_sync.load_state_dict(rank_state["outer_sync"])
+        for part in self.parts:
+            state = app_state if part.name == MAIN_PART else app_state["parts"][part.name]
+            part.engine.load_state_dict(part.model, part.optimizer, state["model"], state["optim"])
+            part.engine.load_native(part.model, path)
+            if part.name != MAIN_PART:
+                part.scheduler.load_state_dict(state["scheduler"])
+            if part.outer_sync is not None and part.name in rank_state["outer_sync"]:
+                part.outer_sync.load_state_dict(rank_state["outer_sync"][part.name])
         self.scheduler.load_state_dict(app_state["trainer"]["scheduler"])
         self.step = app_state["trainer"]["step"]
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
@@ -179,51 +224,27 @@ class Trainer:
         # by its valid units (samples/frames), so the step's gradient is the mean over every
         # valid unit of every rank, however the units fell into batches.
         total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
-        loss_sum = torch.zeros((), device=self.env.device)
-        metric_sums: dict[str, torch.Tensor] = {}
-        for micro, batch in enumerate(batches):
-            weight = units[micro] * self.env.world_size / total_units
-            batch = batch_to_device(batch, self.env.device)
-            with self.engine.gradient_sync(self.model, enabled=micro == accum - 1), self.engine.autocast():
-                loss, metrics = self.task.loss(self.model, batch)
-                loss = faults.maybe_poison_loss(loss, self.step + 1, self.env.rank)
-                self.engine.backward(loss * weight)
-            loss_sum += loss.detach().float() * units[micro]
-            for name, value in metrics.items():
-                metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
-
-        # One collective for the skip decision, the stop request and every logged number.
-        names = sorted(metric_sums)
-        item_names = sorted(items)
-        flags = torch.tensor([float(not torch.isfinite(loss_sum)), float(self.preemption.requested)],
-                             device=self.env.device)
-        local = torch.cat([
-            torch.stack([loss_sum / total_units]), flags,
-            torch.stack([metric_sums[n] / accum for n in names]
-                        + [torch.tensor(float(items[n]), device=self.env.device) for n in item_names]),
-        ])
-        summed = all_reduce_sum(local).tolist()
-        world = self.env.world_size
-        self.stop_requested = summed[2] > 0
-        applied, grad_norm = self.engine.apply_step(self.model, self.optimizer, update=summed[1] == 0)
-        if applied:
+        batches = [batch_to_device(batch, self.env.device) for batch in batches]
+        carries = [{} for _ in batches]
+        out, all_applied = {}, True
+        for part in self.parts:
+            applied, part_metrics, totals = self._step_part(part, batches, units, total_units, carries, items)
+            all_applied = all_applied and applied
+            out.update(part_metrics)
+        if all_applied:
             self.bad_streak = 0
         else:
             self.skipped_steps += 1
             self.bad_streak += 1
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
         self.step += 1
-        if self.outer_sync is not None and self.outer_sync.due(self.step):
-            self.outer_sync.outer_step()
+        for part in self.parts:
+            if part.outer_sync is not None and part.outer_sync.due(self.step):
+                part.outer_sync.outer_step()
         task_metrics = self.task.after_step(self.model, self.engine, self.step)
 
         elapsed = time.perf_counter() - started
-        out = {"loss": summed[0], "lr": lr, "grad_norm": grad_norm.item(),
-               "step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps}
-        for i, name in enumerate(names):
-            out[name] = summed[3 + i] / world
-        totals = dict(zip(item_names, summed[3 + len(names):]))
+        world = self.env.world_size
+        out.update({"step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps})
         out["data/padding_fraction"] = 1.0 - total_units / totals.pop(PADDED_UNITS)
         if MODEL_FLOPS in totals:
             flops_per_device = totals.pop(MODEL_FLOPS) / elapsed / world
@@ -235,6 +256,50 @@ class Trainer:
             out[f"throughput/{name}_per_s_per_device"] = total / elapsed / world
         out.update(task_metrics)
         return out
+
+    def _step_part(self, part: TrainedPart, batches: list[dict], units: list[float], total_units: float,
+                   carries: list[dict], items: Counter) -> tuple[bool, dict[str, float], dict[str, float]]:
+        """Forward/backward of every micro-batch for one part, then its update. Returns whether
+        it was applied, its metrics, and (main part only) the step's work totals over ranks."""
+        accum = len(batches)
+        is_main = part.name == MAIN_PART
+        if len(self.parts) > 1:
+            # Another part's backward may have reached this part's parameters (a GAN's generator
+            # loss runs through the discriminator): only this part's own losses may count.
+            part.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.env.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(batches):
+            weight = units[micro] * self.env.world_size / total_units
+            with part.engine.gradient_sync(part.model, enabled=micro == accum - 1), part.engine.autocast():
+                loss, metrics = self.task.part_loss(part.name, self.models, batch, carries[micro], self.step)
+                if loss is not None:
+                    if is_main:
+                        loss = faults.maybe_poison_loss(loss, self.step + 1, self.env.rank)
+                    part.engine.backward(loss * weight)
+            if loss is not None:
+                loss_sum += loss.detach().float() * units[micro]
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
+
+        # One collective for the skip decision, the stop request and every logged number.
+        names = sorted(metric_sums)
+        item_names = sorted(items) if is_main else []
+        stop = float(self.preemption.requested) if is_main else 0.0
+        flags = torch.tensor([float(not torch.isfinite(loss_sum)), stop], device=self.env.device)
+        local = torch.stack([loss_sum / total_units, *flags, *(metric_sums[n] / accum for n in names),
+                             *(torch.tensor(float(items[n]), device=self.env.device) for n in item_names)])
+        summed = all_reduce_sum(local).tolist()
+        if is_main:
+            self.stop_requested = summed[2] > 0
+        applied, grad_norm = part.engine.apply_step(part.model, part.optimizer, update=summed[1] == 0)
+        lr = part.scheduler.get_last_lr()[0]
+        part.scheduler.step()
+        out = {part.prefixed("loss"): summed[0], part.prefixed("lr"): lr,
+               part.prefixed("grad_norm"): grad_norm.item()}
+        for i, name in enumerate(names):
+            out[name] = summed[3 + i] / self.env.world_size
+        return applied, out, dict(zip(item_names, summed[3 + len(names):]))
 
     def _record_keys(self, keys: list[str]) -> None:
         with self.nonfatal("sample_keys"):

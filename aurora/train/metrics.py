@@ -14,6 +14,12 @@ from aurora.train import faults
 from aurora.train.nonfatal import NonFatal
 
 
+def _wandb_media(path: Path):
+    import wandb
+
+    return wandb.Audio(str(path)) if path.suffix in (".flac", ".wav") else wandb.Image(str(path))
+
+
 class MetricsLogger:
     """Rank 0 writes; other ranks hold a logger that does nothing, so call sites need no if."""
 
@@ -36,18 +42,22 @@ class MetricsLogger:
         if progress_bar:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
+    def log(self, step: int, metrics: dict) -> None:
+        """Numbers, and paths of media files (evaluation's audio and images): JSONL records a
+        path as its string, wandb shows the file itself."""
         if not self.active:
             return
         with self.nonfatal("metrics"):
             faults.maybe_raise("metrics", step)
-            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            record = {k: str(v) if isinstance(v, Path) else v for k, v in metrics.items()}
+            self.file.write(json.dumps({"step": step, **record}) + "\n")
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}")
         if self.wandb_run is not None:
             with self.nonfatal("wandb"):
                 faults.maybe_raise("wandb", step)
-                self.wandb_run.log(metrics, step=step)
+                self.wandb_run.log({k: _wandb_media(v) if isinstance(v, Path) else v for k, v in metrics.items()},
+                                   step=step)
 
     def advance(self) -> None:
         if self.bar is not None:

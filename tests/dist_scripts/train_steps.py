@@ -5,7 +5,8 @@
 Every run, whatever its world size, engine or accumulation, sees the same global batch per
 step: ``global_batch`` examples generated from a fixed seed, each rank taking its contiguous
 slice, cut into ``trainer.grad_accum_steps`` micro-batches. Rank 0 saves the per-step losses,
-the gradients of the first step and the final parameters (all as full tensors) to OUT.pt, with
+the gradients of the first step and the final parameters (all as full tensors; an extra part's,
+such as a GAN's discriminator, named ``<part>.<parameter>``) to OUT.pt, with
 every collective it issued during the steps (``aurora.dist.comm_log``), tagged by step.
 With AURORA_TEST_RESUME=CHECKPOINT in the environment, the steps start from that checkpoint.
 """
@@ -21,6 +22,7 @@ from aurora.config import load_config, peek_task
 from aurora.dist import barrier, init_distributed, shutdown
 from aurora.dist.comm_log import CollectiveLog
 from aurora.tasks import get_task
+from aurora.tasks.base import MAIN_PART
 from aurora.train.loop import Trainer
 
 GLOBAL_BATCH = 8
@@ -64,17 +66,26 @@ def main() -> None:
     trainer = Trainer(cfg, task_cls, env)
     if "AURORA_TEST_RESUME" in os.environ:  # start from this checkpoint's weights and optimizer state
         trainer.resume(Path(os.environ["AURORA_TEST_RESUME"]))
-    first_grads = {}
-    real_step = trainer.engine.apply_step
+    first_grads, recorded = {}, set()
 
-    def recording_step(model, optimizer, update):
-        # DeepSpeed keeps its reduced gradients in its own partitions: only the others are recorded.
-        if not first_grads and cfg.engine.name != "deepspeed":
-            for name, p in trainer.model.named_parameters():
-                first_grads[name.removeprefix("module.")] = full(p.grad)
-        return real_step(model, optimizer, update)
+    def prefix(part) -> str:
+        return "" if part.name == MAIN_PART else f"{part.name}."
 
-    trainer.engine.apply_step = recording_step
+    def recorder(part):
+        real_step = part.engine.apply_step
+
+        def recording_step(model, optimizer, update):
+            # DeepSpeed keeps its reduced gradients in its own partitions: only the others are recorded.
+            if part.name not in recorded and cfg.engine.name != "deepspeed":
+                recorded.add(part.name)
+                for name, p in part.model.named_parameters():
+                    first_grads[prefix(part) + name.removeprefix("module.")] = full(p.grad)
+            return real_step(model, optimizer, update)
+
+        return recording_step
+
+    for part in trainer.parts:
+        part.engine.apply_step = recorder(part)
     losses, metrics = [], []
     with CollectiveLog() as comm:
         for step in range(STEPS):
@@ -83,8 +94,8 @@ def main() -> None:
             micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
             metrics.append(trainer.train_step(iter(micro)))
             losses.append(metrics[-1]["loss"])
-    params = {name.removeprefix("module."): full(trainer.engine.read_full(p))
-              for name, p in trainer.model.named_parameters()}
+    params = {prefix(part) + name.removeprefix("module."): full(part.engine.read_full(p))
+              for part in trainer.parts for name, p in part.model.named_parameters()}
     # Replicas must hold the same weights (DDP never re-syncs them after construction).
     checksum = torch.stack([p.double().sum() for p in params.values()])
     replicas = [torch.empty_like(checksum) for _ in range(env.world_size)]
