@@ -124,6 +124,16 @@ def test_gan_step_under_ddp_and_fsdp_matches_single_process(tmp_path, audio_shar
         assert disc_norms[0] == pytest.approx(disc_norms[1], rel=2e-4, abs=2e-5)
 
 
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_balanced_gan_step_runs_on_two_ranks(tmp_path, audio_shards, engine):
+    """EnCodec's balancer takes gradients w.r.t. the generated audio through the discriminator
+    (autograd.grad, under DDP's inner module or FSDP2's hooks) and averages their norms over
+    ranks inside the step: it must neither hang nor leave replicas apart (the script checks)."""
+    run = _run(tmp_path, "codec", audio_shards, 2, engine, f"engine.name={engine}", "loss.balancer=true")
+    assert all(torch.isfinite(torch.tensor(run["losses"])))
+    assert all(m["balancer/ratio_mel"] > 0 for m in run["metrics"])
+
+
 def test_deepspeed_matches_single_process_codec_without_gan(tmp_path, audio_shards):
     single = _run(tmp_path, "codec", audio_shards, 1, "single", "engine.name=ddp", NO_GAN, NO_DROPOUT)
     for engine in ("zero2", "zero3"):  # ZeRO-1 differs from ZeRO-2 only in when it reduces (the LM tests check it)
