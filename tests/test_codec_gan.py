@@ -93,7 +93,9 @@ def test_discriminator_weights_are_published(trainer, tmp_path):
 def test_short_gan_run_beats_the_untrained_codec(tmp_path, audio_shards):
     """The tiny GAN codec, 150 steps on the synthetic corpus, against the same codec untrained
     (the run's own initial weights), on the same clips: DAC's mel distance falls by more than a
-    quarter (9.86 -> 6.40 when this test was written; docs/performance.md has a longer run)."""
+    quarter (9.86 -> 6.40 with 2 threads, 5.93 with 1, when this test was written). SI-SDR is
+    not checked: at this length the waveform's phase is not learned yet (about -42 dB before
+    and after); docs/performance.md has a longer run."""
     run = tmp_path / "run"
     run_cmd(["-m", "aurora", "train", "configs/codec/tiny.yaml", f"run.dir={run}", f"data.shards={audio_shards}",
              "trainer.max_steps=150", "trainer.checkpoint_every=150", "trainer.progress_bar=false",
@@ -110,5 +112,4 @@ def test_short_gan_run_beats_the_untrained_codec(tmp_path, audio_shards):
     trained = measure_quality(codec_from_run(run), batches, speech_metrics=False)
     print(f"mel distance untrained {untrained['eval/mel_distance']:.3f} trained {trained['eval/mel_distance']:.3f}")
     assert trained["eval/mel_distance"] < 0.75 * untrained["eval/mel_distance"]
-    assert trained["eval/si_sdr_db"] > untrained["eval/si_sdr_db"]
     assert read_metrics(run)[-1]["discriminator/grad_norm"] > 0
