@@ -93,3 +93,15 @@ def test_required_value(tmp_path):
 def test_model_validation_surfaces(tmp_path):
     with pytest.raises((ConfigError, ValueError), match="codebook_size"):
         load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["model.codebook_size=100000"])
+
+
+def test_gan_codec_on_deepspeed_is_refused_with_what_to_do():
+    with pytest.raises((ConfigError, ValueError), match="gan.enabled=false"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["engine.name=deepspeed"])
+    cfg = load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["engine.name=deepspeed", "gan.enabled=false"])
+    assert not cfg.gan.enabled
+
+
+def test_codec_data_and_model_sample_rates_must_agree():
+    with pytest.raises((ConfigError, ValueError), match="data.sample_rate"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["data.sample_rate=24000"])

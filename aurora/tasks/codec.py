@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aurora.config import ConfigError, load_config
+from aurora.config import load_config
 from aurora.config.schema import EngineName, LRSchedule, OptimConfig, TrainConfig
 from aurora.engines import Engine
 from aurora.models.codec import Codec, CodecConfig, CodecOutput, Discriminator, DiscriminatorConfig, codebook_usage
