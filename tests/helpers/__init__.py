@@ -1,0 +1,1 @@
+"""What the tests share: shard builders, runners, worker pools, readers of runs."""
