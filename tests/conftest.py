@@ -15,6 +15,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
+def seeded(request):
+    """Every test starts from its own fixed random state (torch, numpy, random), whatever ran
+    before it in this process: a test's numbers never depend on the order of the suite."""
+    import random
+    import zlib
+
+    import numpy as np
+
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    yield
+
+
+@pytest.fixture
+def world_of_one():
+    """A one-rank gloo process group in this process, for code that issues collectives."""
+    import torch.distributed as dist
+
+    from aurora.dist import DistEnv
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield DistEnv(0, 1, 0, 1, 0, 1, torch.device("cpu"), "gloo")
+    dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     """The test models are tiny: a second thread only adds synchronisation, which costs tens of
     seconds when other processes (torchrun workers) keep the cores busy."""
