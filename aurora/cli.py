@@ -10,7 +10,7 @@ from aurora.data import DataError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from aurora.dist import init_distributed, shutdown
+    from aurora.distributed import init_distributed, shutdown
     from aurora.tasks import get_task
     from aurora.train.loop import Trainer
     from aurora.train.stops import RunStopped

@@ -50,7 +50,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -72,7 +71,7 @@ from aurora.data.config import DataError
 from aurora.data.manifest import resolve_shards, write_manifest
 from aurora.data.skips import BadSample, SkipCounter
 from aurora.data.tars import read_shard
-from aurora.dist import barrier, init_distributed, read_launch_env, shutdown
+from aurora.distributed import barrier, init_distributed, read_launch_env, shutdown
 from data_prep.batch_encode import (BATCHING, DEFAULT_BATCH_SECONDS, DEFAULT_BUCKET_WIDTH, DEFAULT_BUCKET_WINDOW,
                                     BatchEncoder, BatchStats, masking_problem, ordered_prefetch)
 from data_prep.shard_writer import TAR_MTIME
@@ -94,40 +93,13 @@ class TokenizeError(Exception):
 def load_codec(path: str | Path) -> tuple[nn.Module, str]:
     """The codec at ``path`` (a run, one of its checkpoints, or an exported codec) in eval mode,
     and a few words on where it came from."""
-    # Imported here: the training stack is only needed to read runs.
-    from aurora.config import load_config, peek_task
-    from aurora.models.codec import Codec
-    from aurora.tasks.codec import CodecTrainConfig, codec_from_run, load_exported_codec
-    from aurora.train.checkpoint import load_model_weights
+    from aurora.tasks.codec.load import CodecLoadError, load_codec as load  # the training stack reads runs
 
-    path = Path(path)
-    what = ("give a codec training run (config.yaml + checkpoints/), one of its checkpoints "
-            "(RUN/checkpoints/step_N) or an exported codec (config.yaml + model.safetensors, e.g. TOKENS/codec)")
-    if not path.exists():
-        raise TokenizeError(f"--codec {path} does not exist: {what}")
-    if not path.is_dir():
-        raise TokenizeError(f"--codec {path} is a file, not a directory: {what}")
-    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
-        return load_exported_codec(path), f"exported codec {path}"
-    checkpoint = (path / ".metadata").is_file() or any(path.glob("rank_*.pt"))
-    run = path.parent.parent if checkpoint else path
-    if not (run / "config.yaml").is_file():
-        where = f" (nor has its run {run})" if checkpoint else ""
-        raise TokenizeError(f"--codec {path} is not a codec: it has no config.yaml{where}; {what}")
     try:
-        task = peek_task(run / "config.yaml")
-        if task != "codec":
-            raise TokenizeError(f"--codec {run} is a '{task}' run, not a codec run (task: codec): {what}")
-        if not checkpoint:
-            return codec_from_run(run), f"codec run {run}"
-        codec = Codec(load_config(CodecTrainConfig, run / "config.yaml").model)
-        load_model_weights(codec, path)
-        return codec.eval(), f"codec run {run} checkpoint {path.name}"
-    except ConfigError as exn:
-        raise TokenizeError(f"--codec {path}: {exn}") from None
-    except FileNotFoundError as exn:
-        raise TokenizeError(f"--codec {path}: {exn}; train the codec first (python -m aurora train "
-                            f"configs/codec/...) or point --codec at an exported codec") from None
+        loaded = load(path)
+    except CodecLoadError as e:
+        raise TokenizeError(f"--codec {e}") from None
+    return loaded.codec, loaded.source
 
 
 def codec_id(codec: nn.Module) -> str:
@@ -138,16 +110,6 @@ def codec_id(codec: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def export_codec_atomically(codec: nn.Module, out_dir: Path) -> None:
-    from aurora.tasks.codec import export_codec
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_codec(codec, tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
 
 
 # -- reading and writing shards -------------------------------------------------------------------
@@ -458,7 +420,9 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
     stats = {"ranks": ranks, "total": total, "batches": batch.summary(), "shards_done_before": done_before,
              "device": device.type}
 
-    export_codec_atomically(codec.cpu(), out / CODEC_DIR)
+    from aurora.tasks.codec.load import export_codec
+
+    export_codec(codec.cpu(), out / CODEC_DIR)
     shards = [{"name": r["name"], "samples": r["samples"], "seconds": r["seconds"]} for r in records]
     write_manifest(out, "tokens", shards, cfg.sample_rate, n_q=cfg.n_q, codebook_size=cfg.codebook_size,
                    frame_rate=cfg.frame_rate, hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,

@@ -35,7 +35,7 @@ def world_of_one():
     """A one-rank gloo process group in this process, for code that issues collectives."""
     import torch.distributed as dist
 
-    from aurora.dist import DistEnv
+    from aurora.distributed import DistEnv
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield DistEnv(0, 1, 0, 1, 0, 1, torch.device("cpu"), "gloo")

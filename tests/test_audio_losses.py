@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from aurora.tasks.audio_losses import MultiScaleMelLoss, masked_l1
+from aurora.losses.audio import MultiScaleMelLoss, masked_l1
 
 SR = 16000
 N_FFTS = (256, 512, 1024)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from aurora.tasks.balancer import Balancer
+from aurora.losses.balancer import Balancer
 
 A = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 5.0]])
 X = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])

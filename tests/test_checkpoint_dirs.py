@@ -3,7 +3,7 @@ complete directory; partial saves (``.tmp``, files missing) are never loaded."""
 
 import pytest
 
-from aurora.train.checkpoint import LATEST, complete_checkpoints, resolve_checkpoint
+from aurora.runs import LATEST, complete_checkpoints, resolve_checkpoint
 
 
 def _checkpoint(root, name, files=(".metadata", "shared.pt", "rank_00000.pt")):

@@ -6,11 +6,12 @@ import torch
 import torch.distributed as dist
 
 from aurora.config import load_config
-from aurora.dist import DistEnv
+from aurora.distributed import DistEnv
 from aurora.models.codec import Codec
-from aurora.tasks.codec import DISCRIMINATOR, CodecTask, CodecTrainConfig, _halves, discriminator_from_run
-from aurora.tasks.codec_quality import measure_quality
-from aurora.tasks.gan_losses import discriminator_loss
+from aurora.tasks.codec import DISCRIMINATOR, CodecTask, CodecTrainConfig, load_codec, load_discriminator
+from aurora.tasks.codec.recipe import _halves
+from aurora.metrics.codec_quality import measure_quality
+from aurora.losses.gan import discriminator_loss
 from aurora.train.loop import Trainer
 from aurora.train.rng import seed_everything
 from tests.conftest import read_metrics, run_cmd
@@ -84,7 +85,7 @@ def test_discriminator_weights_are_published(trainer, tmp_path):
     t = trainer("trainer.max_steps=1")
     t.train_step(iter([fixed_batch(0)]))
     assert t.save() and t.checkpointer.wait()
-    loaded = discriminator_from_run(tmp_path / "run")
+    loaded = load_discriminator(tmp_path / "run")
     trained = t.parts[0].model.module
     for (name, a), b in zip(loaded.state_dict().items(), trained.state_dict().values()):
         assert torch.equal(a, b), name
@@ -107,9 +108,7 @@ def test_short_gan_run_beats_the_untrained_codec(tmp_path, audio_shards):
     batches = [b for b, _ in zip(build_loader(eval_cfg.data, "audio", rank=0, world_size=1, seed=1), range(3))]
     seed_everything(cfg.run.seed)
     untrained = measure_quality(Codec(cfg.model).eval(), batches, speech_metrics=False)
-    from aurora.tasks.codec import codec_from_run
-
-    trained = measure_quality(codec_from_run(run), batches, speech_metrics=False)
+    trained = measure_quality(load_codec(run).codec, batches, speech_metrics=False)
     print(f"mel distance untrained {untrained['eval/mel_distance']:.3f} trained {trained['eval/mel_distance']:.3f}")
     assert trained["eval/mel_distance"] < 0.75 * untrained["eval/mel_distance"]
     assert read_metrics(run)[-1]["discriminator/grad_norm"] > 0

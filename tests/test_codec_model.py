@@ -23,7 +23,7 @@ from aurora.models.codec import (
     codebook_usage,
     draw_stages,
 )
-from aurora.tasks.audio_losses import MultiScaleMelLoss
+from aurora.losses.audio import MultiScaleMelLoss
 
 TINY = dict(channels=4, strides=[2, 4], latent_dim=8, n_q=3, codebook_size=16)
 
@@ -373,7 +373,7 @@ def test_short_training_with_dead_code_reset_keeps_codebooks_in_use(world_of_one
     fell to 0.37-0.65 of its start; the thresholds leave a factor of 2 and more."""
     from aurora.config.schema import TrainConfig
     from aurora.engines import build_engine
-    from aurora.tasks.dead_codes import DeadCodeReset
+    from aurora.tasks.codec.dead_codes import DeadCodeReset
 
     engine = build_engine(TrainConfig(), world_of_one)
     t = torch.arange(2400) / 16000

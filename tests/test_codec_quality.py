@@ -1,4 +1,4 @@
-"""Codec quality metrics (aurora.tasks.codec_quality) against independent references, and the
+"""Codec quality metrics (aurora.metrics.codec_quality) against independent references, and the
 ``tools.codec_eval`` command on a tiny exported codec."""
 
 import io
@@ -14,9 +14,11 @@ import soundfile as sf
 import torch
 
 from aurora.models.codec import Codec, CodecConfig
-from aurora.tasks import codec_quality as cq
+from aurora.metrics import codec_quality as cq
 from aurora.tasks.codec import export_codec
+from aurora.tasks.codec.artifacts import write_reconstructions
 from tools import codec_eval
+from tools.codec_eval import format_table
 
 SR = 16000
 TINY = dict(channels=8, strides=[2, 4, 5, 8], latent_dim=16, n_q=4, codebook_size=64)
@@ -227,7 +229,7 @@ def test_bitrate_curve_has_one_row_per_number_of_codebooks():
     rows = cq.bitrate_curve(codec, lambda: [batch_of([4000, 3000])], speech_metrics=False)
     assert [row["eval/n_q"] for row in rows] == [1, 2, 3, 4]
     assert [row["eval/bitrate_kbps"] for row in rows] == pytest.approx([0.3, 0.6, 0.9, 1.2])
-    table = cq.format_table(rows)
+    table = format_table(rows)
     lines = table.splitlines()
     assert len(lines) == 5 and "kbps" in lines[0] and "mel_dist" in lines[0] and "pesq" not in lines[0]
     assert lines[1].split()[:2] == ["1", "0.30"] and lines[4].split()[:2] == ["4", "1.20"]
@@ -236,7 +238,7 @@ def test_bitrate_curve_has_one_row_per_number_of_codebooks():
 def test_format_table_marks_missing_metrics():
     rows = [{"eval/n_q": 1, "eval/bitrate_kbps": 0.3, "eval/pesq": 3.21},
             {"eval/n_q": 2, "eval/bitrate_kbps": 0.6}]
-    lines = cq.format_table(rows).splitlines()
+    lines = format_table(rows).splitlines()
     assert lines[0].split() == ["codebooks", "kbps", "pesq"]
     assert lines[1].split() == ["1", "0.30", "3.21"] and lines[2].split() == ["2", "0.60", "-"]
 
@@ -294,7 +296,7 @@ def test_write_reconstructions_writes_flac_pairs_and_spectrogram_pngs(tmp_path):
     codec = tiny_codec()
     batch = batch_of([8000, 5000, 3000])
     batch["keys"][1] = "dir/clip"  # a key is made safe as a file name
-    paths = cq.write_reconstructions(codec, batch, tmp_path / "out", max_clips=2)
+    paths = write_reconstructions(codec, batch, tmp_path / "out", max_clips=2)
     assert len(paths) == 6 and all(p.is_file() for p in paths)
     names = sorted(p.name for p in paths)
     assert names == sorted(["clip000.orig.flac", "clip000.recon.flac", "clip000.png",

@@ -29,7 +29,7 @@ import math
 
 import pytest
 
-from aurora.dist.comm_log import KINDS, CollectiveLog, CommRecord, spans_nodes
+from aurora.perf.comm_log import KINDS, CollectiveLog, CommRecord, spans_nodes
 from tests.conftest import run_cmd
 
 PROBE = "tests/dist_scripts/comm_log_probe.py"

@@ -5,9 +5,9 @@ import torch
 import torch.distributed as dist
 
 from aurora.config.schema import TrainConfig
-from aurora.dist import DistEnv
+from aurora.distributed import DistEnv
 from aurora.engines import build_engine
-from aurora.tasks.dead_codes import DeadCodeReset
+from aurora.tasks.codec.dead_codes import DeadCodeReset
 
 
 @pytest.fixture

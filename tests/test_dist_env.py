@@ -2,7 +2,7 @@
 
 import pytest
 
-from aurora.dist import read_launch_env
+from aurora.distributed import read_launch_env
 
 LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "SLURM_PROCID",
                "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES"]

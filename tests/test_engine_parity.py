@@ -6,8 +6,8 @@ gradients in its own partitions), within rtol 2e-4 / atol 2e-5: the engines only
 the same sums are split and reduced. Accumulated micro-batches must equal one step on the
 large batch, on every engine, and reduce gradients once per step where the engine can.
 
-The collectives each engine issued (recorded by ``aurora.dist.comm_log``) are checked against
-the scale model's prediction for the same configuration (``tools.scale.modes``).
+The collectives each engine issued (recorded by ``aurora.perf.comm_log``) are checked against
+the scale model's prediction for the same configuration (``aurora.perf.traffic``).
 """
 
 import json
@@ -19,7 +19,7 @@ from aurora.config import load_config
 from aurora.models.audio_lm import AudioLM
 from aurora.tasks.lm import LMTrainConfig
 from tests.conftest import run_cmd
-from tools.scale.modes import collective_bytes_per_step
+from aurora.perf.traffic import collective_bytes_per_step
 
 SCRIPT = "tests/dist_scripts/train_steps.py"
 STEPS = 3
@@ -151,7 +151,7 @@ floats; model-state collectives of the tiny LM are all larger."""
 def model_state_bytes(records: list[dict], step: int, local_world_size: int) -> dict[str, int]:
     """Bytes per collective kind (and ``<kind>_inter_node``) that one rank issued in ``step``,
     control all-reduces left out."""
-    from aurora.dist.comm_log import CommRecord, spans_nodes
+    from aurora.perf.comm_log import CommRecord, spans_nodes
 
     out: dict[str, int] = {}
     for r in map(CommRecord.from_dict, records):

@@ -4,7 +4,7 @@ plain model and reports ``eval/loss``; it changes nothing the training run carri
 import torch
 
 from aurora.config import load_config
-from aurora.dist import DistEnv
+from aurora.distributed import DistEnv
 from aurora.tasks.codec import CodecTask, CodecTrainConfig
 from tests.conftest import read_metrics, run_cmd
 

@@ -19,7 +19,7 @@ import torch
 from aurora.config import load_config
 from aurora.models.audio_lm import AudioLM
 from aurora.tasks.lm import LMTrainConfig
-from aurora.train.checkpoint import load_model_weights
+from aurora.runs import load_model_weights
 from tests.conftest import REPO, read_metrics
 from tests.test_resume import SMALL
 

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, encode_text
 from aurora.models.codec import Codec, CodecConfig
-from aurora.models.flops import (
+from aurora.perf.flops import (
     attention_flops_per_token,
     audio_lm_seq_len,
     audio_lm_train_flops,
@@ -23,8 +23,8 @@ from aurora.models.flops import (
     transformer_train_flops_per_token,
 )
 from aurora.models.transformer import TRANSFORMER_PRESETS, Qwen2ForCausalLM, TransformerConfig
-from aurora.train import mfu as mfu_module
-from aurora.train.mfu import mfu, peak_flops, peak_flops_for_name
+from aurora.perf import mfu as mfu_module
+from aurora.perf.mfu import mfu, peak_flops, peak_flops_for_name
 
 # GQA (8 query heads, 2 kv heads) so that a k/v projection counted at the query width shows.
 CFG = TransformerConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

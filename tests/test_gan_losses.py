@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from aurora.tasks.gan_losses import (
+from aurora.losses.gan import (
     GanLossKind,
     discriminator_loss,
     feature_matching_loss,

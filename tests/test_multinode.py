@@ -16,10 +16,10 @@ import torch
 from aurora.models.audio_lm import AudioLM
 from aurora.tasks.lm import LMTrainConfig
 from aurora.config import load_config
-from aurora.train.checkpoint import load_model_weights
+from aurora.runs import load_model_weights
 from tests.conftest import read_metrics, run_cmd, run_nodes
 from tests.test_engine_parity import lm_param_counts, model_state_bytes
-from tools.scale.modes import collective_bytes_per_step
+from aurora.perf.traffic import collective_bytes_per_step
 
 SCRIPT = "tests/dist_scripts/train_steps.py"
 LM = ["trainer.progress_bar=false", "data.context_frames=24", "model.backbone.num_hidden_layers=2",

@@ -5,7 +5,7 @@ import torch
 from aurora.models.audio_lm import AudioLM
 from aurora.tasks.lm import LMTrainConfig
 from aurora.config import load_config
-from aurora.train.checkpoint import load_model_weights
+from aurora.runs import load_model_weights
 from tests.conftest import read_metrics, run_cmd
 from tests.test_resume import SMALL
 

@@ -6,7 +6,7 @@ import torch
 from aurora.models.audio_lm import AudioLM
 from aurora.tasks.lm import LMTrainConfig
 from aurora.config import load_config
-from aurora.train.checkpoint import load_model_weights
+from aurora.runs import load_model_weights
 from tests.conftest import read_metrics, run_cmd
 
 SMALL = ["model.backbone.num_hidden_layers=2", "model.backbone.hidden_size=64",

@@ -19,7 +19,7 @@ from tools.scale.collectives import (
     ring_all_reduce_s,
     ring_reduce_scatter_s,
 )
-from tools.scale.modes import MODES, state_memory
+from aurora.perf.traffic import MODES, state_memory
 from tools.scale.predict import Batch, Cluster, plan_batch, predict
 from tools.scale.profile import layer_activation_bytes_per_token, load_profile
 from tools.scale_model import collective_bytes_per_step

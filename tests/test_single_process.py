@@ -6,7 +6,7 @@ import pytest
 
 from aurora.config import load_config
 from aurora.config.schema import OptimConfig
-from aurora.models.flops import audio_lm_train_flops
+from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.lm import LMTrainConfig
 from aurora.train.schedule import lr_factor
 from tests.conftest import read_metrics, run_cmd
@@ -22,7 +22,7 @@ def test_plain_python_run_with_wandb_offline(tmp_path, token_shards):
     for key in ("loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "throughput/samples_per_s",
                 "throughput/frames_per_s_per_device"):
         assert key in metrics[0]
-    # Model FLOPs by the formula of aurora.models.flops over the step time; no MFU on a CPU.
+    # Model FLOPs by the formula of aurora.perf.flops over the step time; no MFU on a CPU.
     cfg = load_config(LMTrainConfig, run / "config.yaml")
     batch, frames = cfg.data.batch_size, cfg.data.context_frames
     for m in metrics:

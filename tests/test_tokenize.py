@@ -14,7 +14,7 @@ from aurora.data.audio import AudioExamples
 from aurora.data.manifest import read_manifest
 from aurora.data.tars import read_shard
 from aurora.models.codec import Codec, CodecConfig
-from aurora.tasks.codec import export_codec, load_exported_codec
+from aurora.tasks.codec import export_codec, load_codec
 from data_prep import batch_encode, tokenize
 from tests.conftest import REPO, run_cmd
 
@@ -70,7 +70,7 @@ def tar_bytes(out: Path) -> dict[str, bytes]:
 
 
 def test_batched_tokens_equal_one_clip_encodes(audio_shards, codec_dir, tokens, capsys):
-    codec = load_exported_codec(codec_dir)
+    codec = load_codec(codec_dir).codec
     clips = source_clips(audio_shards)
     manifest = read_manifest(tokens)
     assert manifest["settings"]["batching"] == "masked"
@@ -96,7 +96,7 @@ def test_batched_tokens_equal_one_clip_encodes(audio_shards, codec_dir, tokens, 
     assert not all(torch.equal(p, a) for p, a in zip(plain, alone))
 
     # The token set is self-contained and names its codec.
-    assert manifest["codec_id"] == tokenize.codec_id(load_exported_codec(tokens / manifest["codec"]))
+    assert manifest["codec_id"] == tokenize.codec_id(load_codec(tokens / manifest["codec"]).codec)
     assert manifest["codec_id"] == tokenize.codec_id(codec)
     assert [manifest[k] for k in ("n_q", "codebook_size", "frame_rate", "sample_rate")] == [4, 64, 50.0, 16000]
     total = manifest["stats"]["total"]
@@ -144,7 +144,7 @@ def test_masking_is_exact_for_context_blocks_and_elu(zeroing, monkeypatch):
 
 
 def test_masking_probe_rejects_an_encoder_it_does_not_fit(codec_dir):
-    codec = load_exported_codec(codec_dir)
+    codec = load_codec(codec_dir).codec
     assert batch_encode.masking_problem(codec, torch.device("cpu")) is None
     codec.encoder.stem.padding_mode = "reflect"
     assert "pads with something else than zeros" in batch_encode.masking_problem(codec, torch.device("cpu"))
@@ -164,7 +164,7 @@ class GlobalContext(torch.nn.Module):
 
 def test_codec_that_masking_does_not_fit_falls_back_to_equal_length_batches(audio_shards, codec_dir, tmp_path,
                                                                            capsys, monkeypatch):
-    codec = load_exported_codec(codec_dir)
+    codec = load_codec(codec_dir).codec
     codec.encoder.head = GlobalContext(codec.encoder.head)
     assert "differs" in batch_encode.masking_problem(codec, torch.device("cpu"))
     monkeypatch.setattr(tokenize, "load_codec", lambda path: (codec, "a codec with global context"))
@@ -243,7 +243,7 @@ def test_errors_name_the_problem_and_the_fix(audio_shards, codec_dir, tokens, tm
     run.mkdir()
     shutil.copy(REPO / "configs/codec/tiny.yaml", run / "config.yaml")
     line = error_line(capsys, args(codec=run))
-    assert "no checkpoint" in line and "train the codec first" in line
+    assert "no checkpoint" in line and "train the codec until it saves a checkpoint" in line
     lm_run = tmp_path / "lm_run"
     lm_run.mkdir()
     shutil.copy(REPO / "configs/lm/tiny.yaml", lm_run / "config.yaml")

@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from aurora.train.checkpoint import resolve_checkpoint
+from aurora.runs import resolve_checkpoint
 from data_prep.synth_tokens import write_token_shards
 
 REPO = Path(__file__).resolve().parents[1]

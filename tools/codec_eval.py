@@ -12,7 +12,7 @@ data settings (defaults for an exported codec): clips cropped to ``--segment-sec
 of ``--batch-size``. By default every clip of EVAL is scored once (one pass over the set);
 ``--batches N`` stops after N batches.
 
-Prints a table with mel distance, STFT distance and SI-SDR (definitions: aurora.tasks.codec_quality),
+Prints a table with mel distance, STFT distance and SI-SDR (definitions: aurora.metrics.codec_quality),
 the bitrate, each codebook's usage (entropy / log2 K, perplexity) and, for a 16 kHz codec, PESQ
 and STOI (when the pesq / pystoi packages are installed). ``--bitrate-curve`` adds one row per
 number of codebooks (1 .. n_q). ``--out DIR`` writes FLAC pairs and spectrogram PNGs of the first
@@ -35,21 +35,22 @@ import dataclasses
 import io
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from aurora.config import ConfigError, load_config, peek_task
+from aurora.config import ConfigError
 from aurora.data import DataConfig, DataError, build_loader
 from aurora.data.audio import AudioExamples
 from aurora.data.manifest import resolve_shards
 from aurora.data.skips import BadSample
 from aurora.data.tars import read_shard
-from aurora.tasks import codec_quality as cq
+from aurora.metrics import codec_quality as cq
+from aurora.tasks.codec.artifacts import write_reconstructions
+from aurora.tasks.codec.load import EXPORTED_WEIGHTS, CodecLoadError, load_codec as load
 
 PROG = "python -m tools.codec_eval"
-EXPORTED_WEIGHTS = "model.safetensors"
 
 
 class EvalError(Exception):
@@ -98,34 +99,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # -- loading -----------------------------------------------------------------------------------------
 def load_codec(run: Path):
     """(codec in eval mode, the run's DataConfig or None, seed, eval batches default, description)."""
-    from aurora.tasks.codec import CodecTrainConfig, codec_from_run, load_exported_codec
-
-    layout = (f"give a codec training run directory (config.yaml + checkpoints/) or an exported codec "
-              f"folder (config.yaml + {EXPORTED_WEIGHTS})")
-    if not run.exists():
-        raise EvalError(f"{run} does not exist: {layout}")
-    if not run.is_dir():
-        raise EvalError(f"{run} is not a directory: {layout}")
-    if (run / EXPORTED_WEIGHTS).is_file():
-        if not (run / "config.yaml").is_file():
-            raise EvalError(f"{run} holds {EXPORTED_WEIGHTS} but no config.yaml: re-export the codec "
-                            f"(aurora.tasks.codec.export_codec)")
-        return load_exported_codec(run), None, 0, 8, f"exported codec {run}"
-    if not (run / "config.yaml").is_file():
-        raise EvalError(f"{run} holds neither config.yaml nor {EXPORTED_WEIGHTS}: {layout}")
-    task = peek_task(run / "config.yaml")
-    if task != "codec":
-        raise EvalError(f"{run} is a {task!r} run, not a codec run: {layout}")
-    cfg = load_config(CodecTrainConfig, run / "config.yaml")
-    if not (run / "checkpoints").is_dir():
-        raise EvalError(f"{run} has no checkpoints/ directory: train it until it saves a checkpoint "
-                        f"(trainer.checkpoint_every), or point at an exported codec")
     try:
-        codec = codec_from_run(run)
-    except FileNotFoundError as exn:
-        raise EvalError(f"{str(exn).splitlines()[0]}; train the codec until it saves one "
-                        f"(trainer.checkpoint_every), or point RUN at an exported codec") from None
-    return codec, cfg.data, cfg.run.seed, cfg.trainer.eval_batches, f"run {run}"
+        loaded = load(run)
+    except CodecLoadError as e:
+        raise EvalError(str(e)) from None
+    cfg = loaded.run_config
+    if cfg is None:
+        return loaded.codec, None, 0, 8, loaded.source
+    return loaded.codec, cfg.data, cfg.run.seed, cfg.trainer.eval_batches, loaded.source
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -186,6 +167,56 @@ class Pass:
                 return  # (every batch of a pass brings a new clip: more batches than clips means the pass is over)
 
 
+# -- tables ----------------------------------------------------------------------------------------
+COLUMNS = (
+    ("n_q", "codebooks", "{:.0f}"),
+    ("bitrate_kbps", "kbps", "{:.2f}"),
+    ("mel_distance", "mel_dist", "{:.3f}"),
+    ("stft_distance", "stft_dist", "{:.3f}"),
+    ("si_sdr_db", "si_sdr_dB", "{:.2f}"),
+    ("pesq", "pesq", "{:.2f}"),
+    ("stoi", "stoi", "{:.3f}"),
+    ("usage_entropy", "usage", "{:.3f}"),
+    ("perplexity", "perplexity", "{:.1f}"),
+)
+"""(metric, header, format); usage and perplexity are the means over the codebooks used."""
+
+
+def _per_codebook(metrics: dict[str, float], name: str) -> list[float]:
+    prefix = f"{cq.PREFIX}{name}/q"
+    found = sorted((int(key[len(prefix):]), value) for key, value in metrics.items()
+                   if key.startswith(prefix) and key[len(prefix):].isdigit())
+    return [value for _, value in found]
+
+
+def _cell(metrics: dict[str, float], name: str) -> float | None:
+    if name in ("usage_entropy", "perplexity"):
+        values = _per_codebook(metrics, name)
+        return sum(values) / len(values) if values else None
+    return metrics.get(f"{cq.PREFIX}{name}")
+
+
+def format_table(rows: Sequence[dict[str, float]]) -> str:
+    """Fixed-width table of ``measure_quality`` results, one row each; a column only where some row
+    has the metric ("-" where a row lacks it). usage / perplexity: means over the row's codebooks."""
+    columns = [(name, header, fmt) for name, header, fmt in COLUMNS
+               if any(_cell(row, name) is not None for row in rows)]
+    cells = [[fmt.format(v) if (v := _cell(row, name)) is not None else "-" for name, _, fmt in columns]
+             for row in rows]
+    widths = [max([len(header)] + [len(r[j]) for r in cells]) for j, (_, header, _) in enumerate(columns)]
+    lines = ["  ".join(header.rjust(w) for (_, header, _), w in zip(columns, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def format_usage(metrics: dict[str, float]) -> str:
+    """Fixed-width table of each codebook's normalised entropy and perplexity."""
+    entropy, perplexity = _per_codebook(metrics, "usage_entropy"), _per_codebook(metrics, "perplexity")
+    lines = [f"{'codebook':>8}  {'entropy/log2K':>13}  {'perplexity':>10}"]
+    lines += [f"{'q' + str(i):>8}  {e:>13.3f}  {p:>10.1f}" for i, (e, p) in enumerate(zip(entropy, perplexity))]
+    return "\n".join(lines)
+
+
 # -- the two modes -----------------------------------------------------------------------------------
 def evaluate(args: argparse.Namespace, codec, run_data: DataConfig | None, seed: int, eval_batches: int,
              described: str) -> int:
@@ -219,17 +250,17 @@ def evaluate(args: argparse.Namespace, codec, run_data: DataConfig | None, seed:
     if speech and cfg.sample_rate != cq.SPEECH_SAMPLE_RATE:
         print(f"(PESQ and STOI are computed only for {cq.SPEECH_SAMPLE_RATE} Hz codecs)")
     print()
-    print(cq.format_table(rows))
+    print(format_table(rows))
     print()
-    print(cq.format_usage(rows[0]))
+    print(format_usage(rows[0]))
     if args.bitrate_curve:
         curve = cq.bitrate_curve(codec, new_pass, speech_metrics=speech)
         print()
         print("bitrate curve (first k codebooks):")
-        print(cq.format_table(curve))
+        print(format_table(curve))
     if args.out is not None:
         batch = next(iter(new_pass()))
-        written = cq.write_reconstructions(codec, batch, args.out, max_clips=args.max_clips)
+        written = write_reconstructions(codec, batch, args.out, max_clips=args.max_clips)
         print()
         print(f"wrote {len(written)} files ({min(args.max_clips, len(batch['keys']))} clips) to {args.out}")
     return 0
@@ -252,7 +283,6 @@ def _read_tokens(spec: Path) -> tuple[dict[str, np.ndarray], dict, list[str]]:
 
 
 def roundtrip(args: argparse.Namespace, codec, device: torch.device) -> int:
-    from aurora.tasks.codec import load_exported_codec
 
     tokens = args.roundtrip
     if not tokens.is_dir():
@@ -263,7 +293,7 @@ def roundtrip(args: argparse.Namespace, codec, device: torch.device) -> int:
     if not (copy_dir / EXPORTED_WEIGHTS).is_file():
         raise EvalError(f"{copy_dir} holds no exported codec ({EXPORTED_WEIGHTS}): re-create the token set "
                         f"with data_prep.tokenize, which copies its codec there")
-    copy = load_exported_codec(copy_dir).to(device)
+    copy = load(copy_dir).codec.to(device)
     if copy.cfg.sample_rate != cfg.sample_rate or manifest.get("sample_rate") not in (None, cfg.sample_rate):
         raise EvalError(f"sample-rate mismatch: the token set {tokens} is at {manifest.get('sample_rate')} Hz "
                         f"(its codec {copy.cfg.sample_rate} Hz) but RUN's codec runs at {cfg.sample_rate} Hz: "

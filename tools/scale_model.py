@@ -7,7 +7,7 @@ modes from 8 to thousands of GPUs, for an LM or codec training config.
 Units: --intra-gbps is in GB/s (gigaBYTES per second, as NVIDIA quotes NVLink: H100 SXM 900);
 --inter-gbps is in Gb/s (gigaBITS per second, as NICs are sold: 400 = one 400G NIC per GPU =
 50 GB/s). Both are per GPU. The formulas, the assumptions and a worked table are in
-docs/scaling.md; the modes in tools/scale/modes.py.
+docs/scaling.md; the modes in aurora/perf/traffic.py.
 """
 
 import argparse
@@ -15,9 +15,9 @@ import json
 import sys
 
 from aurora.config import ConfigError
-from aurora.train.mfu import peak_flops_for_name
+from aurora.perf.mfu import peak_flops_for_name
 from tools.scale.collectives import Links
-from tools.scale.modes import MODES, collective_bytes_per_step
+from aurora.perf.traffic import MODES, collective_bytes_per_step
 from tools.scale.predict import Cluster, Prediction, plan_batch, predict
 from tools.scale.profile import ModelProfile, load_profile
 
@@ -26,7 +26,7 @@ __all__ = ["collective_bytes_per_step", "main"]
 GB = 1e9
 GIB = 2**30
 REFERENCE_GPU = "NVIDIA H100 80GB HBM3"
-"""The GPU whose peak (aurora.train.mfu) is the default --peak-tflops."""
+"""The GPU whose peak (aurora.perf.mfu) is the default --peak-tflops."""
 
 
 def _int_list(text: str) -> list[int]:
@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "plus the switch hops)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help=f"dense peak TFLOP/s per GPU (default: {REFERENCE_GPU}'s for the config's precision, "
-                        f"fp32 counted as TF32, from aurora.train.mfu)")
+                        f"fp32 counted as TF32, from aurora.perf.mfu)")
     p.add_argument("--mfu", type=float, default=0.45, help="model FLOPs utilisation of the compute (default 0.45)")
     p.add_argument("--overlap", type=float, default=0.8,
                    help="fraction of a pass's compute that can hide its communication (default 0.8)")

@@ -1,5 +1,5 @@
 from aurora.config.schema import EngineName, TrainConfig
-from aurora.dist import DistEnv
+from aurora.distributed import DistEnv
 from aurora.engines.base import Engine
 from aurora.engines.ddp import DDPEngine
 from aurora.engines.fsdp import FSDPEngine

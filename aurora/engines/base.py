@@ -11,8 +11,8 @@ from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from aurora.config.schema import Precision, SyncMode, TrainConfig
-from aurora.dist import DistEnv
-from aurora.dist.mesh import node_mesh
+from aurora.distributed import DistEnv
+from aurora.distributed.mesh import node_mesh
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 

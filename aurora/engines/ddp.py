@@ -7,7 +7,7 @@ import contextlib
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from aurora.dist.mesh import SHARD
+from aurora.distributed.mesh import SHARD
 from aurora.engines.base import Engine
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from aurora.config.schema import TrainConfig
-from aurora.dist import DistEnv, barrier
+from aurora.distributed import DistEnv, barrier
 from aurora.engines.base import Engine, OptimizerFactory
 
 NATIVE_DIR = "deepspeed"

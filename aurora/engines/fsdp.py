@@ -13,7 +13,7 @@ from torch.distributed.tensor import distribute_tensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from aurora.config.schema import Precision
-from aurora.dist.mesh import SHARD, flat_mesh
+from aurora.distributed.mesh import SHARD, flat_mesh
 from aurora.engines.base import Engine
 
 

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from aurora.config.schema import OptimConfig, TrainConfig
-from aurora.dist import DistEnv
+from aurora.distributed import DistEnv
 from aurora.engines import Engine
+from aurora.runs import load_model_weights
 
 
 MODEL_FLOPS = "model_flops"
@@ -138,8 +139,6 @@ class Task(ABC):
         valid units as in training. Runs on rank 0 alone, on a plain copy of the model (no
         collectives), so a failure cannot leave ranks out of step; ``loss`` sees a model in eval
         mode. Values are floats, or paths of files to show as media (audio, images)."""
-        from aurora.train.checkpoint import load_model_weights
-
         model = self.build_model()
         load_model_weights(model, checkpoint)
         model.to(self.env.device).eval()

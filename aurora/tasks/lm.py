@@ -17,10 +17,10 @@ from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.manifest import resolve_shards
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy, encode_text, mask_padding
-from aurora.models.flops import audio_lm_train_flops
+from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.base import MODEL_FLOPS, Task
-from aurora.tasks.codec import load_exported_codec
-from aurora.train.checkpoint import load_model_weights
+from aurora.tasks.codec.load import load_codec
+from aurora.runs import load_model_weights
 
 
 @dataclass
@@ -94,7 +94,7 @@ class LMTask(Task):
         lm = AudioLM(self.cfg.model)
         load_model_weights(lm, run_dir)
         lm.eval()
-        codec = load_exported_codec(Path(self.cfg.data.shards) / self.manifest["codec"])
+        codec = load_codec(Path(self.cfg.data.shards) / self.manifest["codec"]).codec
         frames = max(1, round(gen.seconds * self.manifest["frame_rate"]))
         generator = torch.Generator().manual_seed(self.cfg.run.seed)
         with torch.no_grad():

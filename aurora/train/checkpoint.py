@@ -1,12 +1,7 @@
 """Checkpoints with torch.distributed.checkpoint (DCP): sharded, resharding on load, and safe
 against crashes, full disks and preemption.
 
-Layout of ``RUN/checkpoints``::
-
-    step_00000004/        DCP files (model, optimizer, scheduler, step), rank_00000.pt ...,
-                          shared.pt
-    step_00000008.tmp/    a save in progress (or one a crash interrupted: never loaded)
-    latest                name of the newest complete checkpoint directory
+The layout of ``RUN/checkpoints`` and its reading outside training are ``aurora.runs``.
 
 A save is written into ``step_N.tmp``; once every rank's files are written, the main rank
 renames it to ``step_N`` and only then moves ``latest`` (itself replaced atomically), and only
@@ -29,10 +24,8 @@ at a later step boundary, and every save first waits for the one before.
 
 import errno
 import os
-import re
 import shutil
 import sys
-import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,62 +34,12 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
-from aurora.dist import DistEnv, barrier
+from aurora.distributed import DistEnv, barrier
+from aurora.runs import LATEST, SHARED_FILE, complete_checkpoints, rank_file, resolve_checkpoint, step_dirname
 from aurora.train import faults
 from aurora.train.nonfatal import NonFatal
-
-LATEST = "latest"
-SHARED_FILE = "shared.pt"
-_STEP_DIR = re.compile(r"step_(\d+)")
-
-
-def step_dirname(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def _rank_file(path: Path, rank: int) -> Path:
-    return path / f"rank_{rank:05d}.pt"
-
-
-def is_complete(path: Path) -> bool:
-    """A finished save: a final name, DCP's metadata, the shared state and the rank files."""
-    return (_STEP_DIR.fullmatch(path.name) is not None and (path / ".metadata").is_file()
-            and (path / SHARED_FILE).is_file() and any(path.glob("rank_*.pt")))
-
-
-def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Complete checkpoint directories, oldest first."""
-    found = [p for p in checkpoints_dir.glob("step_*") if is_complete(p)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A complete checkpoint directory, given either one or a run directory: the one ``latest``
-    names, or, when that pointer is missing or names an incomplete directory, the newest
-    complete one."""
-    path = Path(path)
-    if (path / ".metadata").is_file():
-        return path
-    checkpoints = path / "checkpoints"
-    pointer = checkpoints / LATEST
-    if pointer.is_file():
-        named = checkpoints / pointer.read_text().strip()
-        if is_complete(named):
-            return named
-    found = complete_checkpoints(checkpoints)
-    if found:
-        if pointer.is_file():
-            print(f"aurora: {pointer} names {pointer.read_text().strip()}, which is not a complete "
-                  f"checkpoint; using {found[-1].name}, the newest complete one", file=sys.stderr)
-        return found[-1]
-    raise FileNotFoundError(
-        f"no checkpoint at {path}: expected a run directory with complete checkpoints under "
-        "checkpoints/ or a checkpoint directory holding DCP's .metadata"
-    )
-
 
 def _is_disk_full(error: BaseException) -> bool:
     """Whether ``error`` (or one it wraps: DCP's per-rank failures, causes) is a full disk."""
@@ -187,7 +130,7 @@ class Checkpointer:
         barrier()
         outcome, error = _OK, None
         try:
-            torch.save(rank_state, _rank_file(tmp, self.env.rank))
+            torch.save(rank_state, rank_file(tmp, self.env.rank))
             if self.env.is_main:
                 torch.save(shared_state, tmp / SHARED_FILE)
         except Exception as e:
@@ -281,27 +224,5 @@ class Checkpointer:
             raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
                                     f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
         dcp.load(app_state, checkpoint_id=path)
-        rank_state = torch.load(_rank_file(path, self.env.rank % saved), weights_only=False)
+        rank_state = torch.load(rank_file(path, self.env.rank % saved), weights_only=False)
         return rank_state, torch.load(path / SHARED_FILE, weights_only=False)
-
-
-def load_model_weights(model: nn.Module, path: str | Path, part: str | None = None) -> Path:
-    """Load the main model of a training checkpoint, or the extra part ``part`` (a GAN's
-    discriminator), into a plain (unwrapped) module, in this process alone (no collectives):
-    for evaluation, tokenizing, sampling, fine-tuning and export."""
-    ckpt = resolve_checkpoint(path)
-    if part is None:
-        from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
-
-        native = consolidated_weights(ckpt)
-        if native is not None:
-            model.load_state_dict(native)
-            return ckpt
-        state = {"model": model.state_dict()}
-    else:
-        state = {"parts": {part: {"model": model.state_dict()}}}
-    with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=ckpt, no_dist=True)
-    model.load_state_dict(state["model"] if part is None else state["parts"][part]["model"])
-    return ckpt

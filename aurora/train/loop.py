@@ -30,15 +30,16 @@ from omegaconf import OmegaConf
 from aurora.config import TrainConfig, to_yaml
 from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
-from aurora.dist import DistEnv, all_reduce_sum, barrier
-from aurora.dist.hierarchical import HierarchicalSync
-from aurora.dist.mesh import REPLICATE, SHARD
+from aurora.distributed import DistEnv, all_reduce_sum, barrier
+from aurora.distributed.hierarchical import HierarchicalSync
+from aurora.distributed.mesh import REPLICATE, SHARD
 from aurora.engines import Engine, build_engine
 from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
 from aurora.train import faults
-from aurora.train.checkpoint import Checkpointer, step_dirname
+from aurora.runs import step_dirname
+from aurora.train.checkpoint import Checkpointer
 from aurora.train.metrics import MetricsLogger
-from aurora.train.mfu import mfu, peak_flops
+from aurora.perf.mfu import mfu, peak_flops
 from aurora.train.nonfatal import NonFatal
 from aurora.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
 from aurora.train.rng import rng_state, seed_everything, set_rng_state

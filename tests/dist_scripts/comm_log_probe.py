@@ -24,7 +24,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import Shard, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from aurora.dist.comm_log import CollectiveLog
+from aurora.perf.comm_log import CollectiveLog
 
 
 def tiny_model() -> nn.Sequential:

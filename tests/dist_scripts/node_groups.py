@@ -10,8 +10,8 @@ import sys
 import torch.distributed as dist
 
 from aurora.config.schema import DistConfig
-from aurora.dist import init_distributed, shutdown
-from aurora.dist.mesh import REPLICATE, SHARD, node_mesh
+from aurora.distributed import init_distributed, shutdown
+from aurora.distributed.mesh import REPLICATE, SHARD, node_mesh
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ step: ``global_batch`` examples generated from a fixed seed, each rank taking it
 slice, cut into ``trainer.grad_accum_steps`` micro-batches. Rank 0 saves the per-step losses,
 the gradients of the first step and the final parameters (all as full tensors; an extra part's,
 such as a GAN's discriminator, named ``<part>.<parameter>``) to OUT.pt, with
-every collective it issued during the steps (``aurora.dist.comm_log``), tagged by step.
+every collective it issued during the steps (``aurora.perf.comm_log``), tagged by step.
 With AURORA_TEST_RESUME=CHECKPOINT in the environment, the steps start from that checkpoint.
 """
 
@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from aurora.config import load_config, peek_task
-from aurora.dist import barrier, init_distributed, shutdown
-from aurora.dist.comm_log import CollectiveLog
+from aurora.distributed import barrier, init_distributed, shutdown
+from aurora.perf.comm_log import CollectiveLog
 from aurora.tasks import get_task
 from aurora.tasks.base import MAIN_PART
 from aurora.train.loop import Trainer

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from aurora.config import load_config
-from aurora.dist import init_distributed, shutdown
+from aurora.distributed import init_distributed, shutdown
 from aurora.tasks.lm import LMTask, LMTrainConfig
 from aurora.train.checkpoint import Checkpointer
 from aurora.train.loop import Trainer

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from aurora.config import load_config
-from aurora.dist import init_distributed
+from aurora.distributed import init_distributed
 from aurora.tasks.codec import CodecTask, CodecTrainConfig
 from aurora.train.loop import Trainer
 from data_prep import make_shards, synth

@@ -17,7 +17,7 @@ GPU's share of its node's network bandwidth.
 Each measurement: ``--warmup`` untimed calls, then ``--iters`` timed calls, each after a
 world barrier; the time is the median, and the slowest group's median is reported.
 Payload S (MiB = 2^20 bytes) is the all_reduce tensor, the reduce_scatter full input and the
-all_gather full output (as in aurora.dist.comm_log and tools.scale.collectives).
+all_gather full output (as in aurora.perf.comm_log and tools.scale.collectives).
 algbw = S / time; busbw = algbw x 2(n-1)/n (all_reduce) or x (n-1)/n (reduce_scatter,
 all_gather), the nccl-tests correction, which makes busbw comparable to link bandwidth
 whatever the group size n. GB/s are 10^9 bytes/s; Gb/s are 10^9 bits/s (8x).
@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 
 from aurora.config.schema import DistConfig
-from aurora.dist import DistEnv, init_distributed, shutdown
-from aurora.dist.mesh import REPLICATE, SHARD, node_mesh
+from aurora.distributed import DistEnv, init_distributed, shutdown
+from aurora.distributed.mesh import REPLICATE, SHARD, node_mesh
 
 COLLECTIVES = ("all_reduce", "reduce_scatter", "all_gather")
 GROUPS = ("world", "intra", "inter")

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from aurora.config import load_config, peek_task
-from aurora.dist import barrier, init_distributed, shutdown
+from aurora.distributed import barrier, init_distributed, shutdown
 from aurora.tasks import get_task
 from aurora.train.loop import Trainer
 from data_prep.synth_tokens import write_token_shards

@@ -33,9 +33,9 @@ models compute the same function (same parameter names; their logits are checked
 tests), so the FLOP count is exactly the same and the ratio measures aurora's implementation
 and machinery alone; the AudioLM runs this very Qwen2Model, so what is found here carries over.
 
-FLOPs per token: ``aurora.models.flops.transformer_train_flops_per_token`` (6N + 12LhS +
+FLOPs per token: ``aurora.perf.flops.transformer_train_flops_per_token`` (6N + 12LhS +
 6hV, forward + backward, the full SxS score matrix as PaLM counts it). MFU = FLOPs per token
-x tokens/s per device / ``aurora.train.mfu.peak_flops(device, precision)``: absent on a CPU or
+x tokens/s per device / ``aurora.perf.mfu.peak_flops(device, precision)``: absent on a CPU or
 an unknown GPU, never guessed.
 
 Timing: ``--warmup`` untimed steps each (compilation), then ``--blocks`` rounds of
@@ -60,12 +60,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from aurora.config import TrainConfig, load_config, to_yaml
-from aurora.dist import DistEnv, barrier, init_distributed
-from aurora.models.flops import transformer_train_flops_per_token
+from aurora.distributed import DistEnv, barrier, init_distributed
+from aurora.perf.flops import transformer_train_flops_per_token
 from aurora.models.transformer import TRANSFORMER_PRESETS, Qwen2ForCausalLM, TransformerConfig
 from aurora.tasks.base import Task
 from aurora.train.loop import Trainer
-from aurora.train.mfu import mfu, peak_flops
+from aurora.perf.mfu import mfu, peak_flops
 from aurora.train.rng import seed_everything
 from data_prep.synth_tokens import write_token_shards
 from tools.bench.engines import shared_workspace
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model: preset {args.preset}, {params / 1e6:.1f} M parameters ({c.num_hidden_layers} layers x "
           f"{c.hidden_size}, vocab {c.vocab_size}); {args.batch} x {args.seq} tokens per rank and step; "
           f"{args.blocks} blocks x {args.steps} steps after {args.warmup} warm-up steps")
-    print(f"training FLOPs per token: {flops_per_token:.4g} (aurora.models.flops); peak: "
+    print(f"training FLOPs per token: {flops_per_token:.4g} (aurora.perf.flops); peak: "
           f"{'none' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'} ({precision})")
     print(f"{'loop':<13} {'ms/step':>9} {'block medians (ms)':>19} {'tokens/s':>11} {'MFU':>14} {'first loss':>11}")
     tokens_per_s = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from aurora.config import load_config
-from aurora.dist import init_distributed, shutdown
+from aurora.distributed import init_distributed, shutdown
 from aurora.models.audio_lm import AudioLM, delayed_cross_entropy, encode_text, mask_padding
 from aurora.tasks.lm import LMTask, LMTrainConfig
 from aurora.train.loop import Trainer, build_optimizer

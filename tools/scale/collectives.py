@@ -26,6 +26,8 @@ the "bus bandwidth" of nccl-tests.
 import math
 from dataclasses import dataclass
 
+from aurora.perf.traffic import Group
+
 
 @dataclass(frozen=True)
 class Links:
@@ -37,22 +39,6 @@ class Links:
     """Latency per ring step inside a node, seconds."""
     alpha_inter_s: float = 0.0
     """Latency per ring step between nodes, seconds."""
-
-
-@dataclass(frozen=True)
-class Group:
-    """The shape of a process group: `per_node` of its ranks on each of `nodes` nodes."""
-
-    per_node: int
-    nodes: int
-
-    @property
-    def size(self) -> int:
-        return self.per_node * self.nodes
-
-    @property
-    def spans_nodes(self) -> bool:
-        return self.nodes > 1
 
 
 def ring_all_reduce_s(nbytes: float, n: int, bytes_per_s: float, alpha_s: float = 0.0) -> float:

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from tools.scale.collectives import Links, collective_s, network_bytes
-from tools.scale.modes import WHEN, Collective, StateMemory, group_shape, schedule, state_memory
+from aurora.perf.traffic import WHEN, Collective, StateMemory, group_shape, schedule, state_memory
 from tools.scale.profile import ModelProfile
 
 

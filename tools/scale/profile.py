@@ -4,8 +4,8 @@ Parameter counts come from the model built on the meta device (no memory, no ini
 as the engines shard it: the task's shard units (transformer layers, codec stages) and the
 root (everything else: embeddings, heads, norms, stems).
 
-FLOPs: the LM's from aurora.models.flops' formula; the codec's counted by
-aurora.models.flops.codec_train_flops (FlopCounterMode) on a real 1-second forward + backward
+FLOPs: the LM's from aurora.perf.flops' formula; the codec's counted by
+aurora.perf.flops.codec_train_flops (FlopCounterMode) on a real 1-second forward + backward
 on the CPU, scaled linearly to the example length (the codec is convolutional).
 
 Activation memory per example:
@@ -35,7 +35,7 @@ from aurora.config import ConfigError, load_config, peek_task
 from aurora.config.schema import EngineConfig, Precision
 from aurora.models.audio_lm import AudioLM, AudioLMConfig
 from aurora.models.codec import Codec
-from aurora.models.flops import audio_lm_seq_len, audio_lm_train_flops, codec_train_flops
+from aurora.perf.flops import audio_lm_seq_len, audio_lm_train_flops, codec_train_flops
 from aurora.models.transformer import TransformerConfig
 from aurora.tasks import get_task
 

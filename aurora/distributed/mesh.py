@@ -8,7 +8,7 @@ one rank per node (the inter-node network).
 
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from aurora.dist.env import DistEnv
+from aurora.distributed.env import DistEnv
 
 REPLICATE, SHARD = "replicate", "shard"
 

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from aurora.dist.env import read_launch_env
+from aurora.distributed.env import read_launch_env
 
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "reduce", "all_to_all",
          "barrier", "send", "recv", "other")

@@ -13,7 +13,7 @@ expiry) issues collectives there, which deadlocks under DDP.
 import torch
 import torch.distributed as dist
 
-from aurora.dist import all_reduce_sum
+from aurora.distributed import all_reduce_sum
 from aurora.engines import Engine
 
 

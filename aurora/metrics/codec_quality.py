@@ -53,11 +53,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -125,17 +123,17 @@ def _mel_filterbank_np(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, device: str) -> Tensor:
+def mel_filterbank_on(sample_rate: int, n_fft: int, n_mels: int, device: str) -> Tensor:
     return torch.from_numpy(_mel_filterbank_np(sample_rate, n_fft, n_mels).T.copy()).to(device)
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> Tensor:
     """[n_fft // 2 + 1, n_mels]: librosa's ``filters.mel(sr, n_fft, n_mels)`` (slaney scale and
     norm, fmin 0, fmax sr / 2), transposed, as audiotools' ``AudioSignal.get_mel_filters`` uses it."""
-    return _mel_filterbank(sample_rate, n_fft, n_mels, "cpu").clone()
+    return mel_filterbank_on(sample_rate, n_fft, n_mels, "cpu").clone()
 
 
-def _as_clips(x: Tensor) -> Tensor:
+def as_clips(x: Tensor) -> Tensor:
     """[S], [N, S] or [N, 1, S] -> float32 [N, S]."""
     if x.dim() == 1:
         x = x[None]
@@ -152,7 +150,7 @@ def stft_magnitude(x: Tensor, window_length: int) -> Tensor:
     """|STFT| [N, window_length // 2 + 1, frames] of clips [N, S], as audiotools computes it with
     ``match_stride=False``: periodic Hann window, hop window_length // 4, centred frames with
     reflect padding (zero padding for clips of at most window_length // 2 samples)."""
-    x = _as_clips(x)
+    x = as_clips(x)
     pad_mode = "reflect" if x.shape[-1] > window_length // 2 else "constant"
     window = _window(window_length, str(x.device))
     spec = torch.stft(x, n_fft=window_length, hop_length=window_length // 4, window=window, center=True,
@@ -172,10 +170,10 @@ def mel_distance(x: Tensor, y: Tensor, sample_rate: int, n_mels: Sequence[int] =
     x, y: [S], [N, S] or [N, 1, S] clips of one length (reference and estimate; the distance is
     symmetric). Per scale the L1 is averaged over the clip's mel bands and frames; scales are summed.
     """
-    x, y = _as_clips(x), _as_clips(y)
+    x, y = as_clips(x), as_clips(y)
     total = x.new_zeros(x.shape[0])
     for bands, window_length in zip(n_mels, window_lengths):
-        fbank = _mel_filterbank(sample_rate, window_length, bands, str(x.device))
+        fbank = mel_filterbank_on(sample_rate, window_length, bands, str(x.device))
         mel_x = (stft_magnitude(x, window_length).transpose(1, 2) @ fbank).transpose(1, 2)
         mel_y = (stft_magnitude(y, window_length).transpose(1, 2) @ fbank).transpose(1, 2)
         total = total + log_weight * _per_clip_l1(mel_x.clamp(min=clamp_eps).pow(pow).log10(),
@@ -191,7 +189,7 @@ def stft_distance(x: Tensor, y: Tensor, window_lengths: Sequence[int] = STFT_WIN
     """DAC's MultiScaleSTFTLoss (defaults) between each pair of clips: [N]. Per scale
     ``log_weight * L1(log10(clamp(|X|) ** pow), log10(clamp(|Y|) ** pow)) + mag_weight * L1(|X|, |Y|)``,
     each L1 averaged over the clip's bins and frames; scales are summed."""
-    x, y = _as_clips(x), _as_clips(y)
+    x, y = as_clips(x), as_clips(y)
     total = x.new_zeros(x.shape[0])
     for window_length in window_lengths:
         mag_x, mag_y = stft_magnitude(x, window_length), stft_magnitude(y, window_length)
@@ -208,8 +206,8 @@ def si_sdr(reference: Tensor, estimate: Tensor, eps: float = SI_SDR_EPS) -> Tens
     alpha = (<e, r> + eps) / (<r, r> + eps), SI-SDR = 10 log10(|alpha r|^2 / |e - alpha r|^2 + eps).
     A perfect estimate gives +inf, as in DAC.
     """
-    r = _as_clips(reference).double()
-    e = _as_clips(estimate).double()
+    r = as_clips(reference).double()
+    e = as_clips(estimate).double()
     r = r - r.mean(-1, keepdim=True)
     e = e - e.mean(-1, keepdim=True)
     scale = ((e * r).sum(-1, keepdim=True) + eps) / ((r * r).sum(-1, keepdim=True) + eps)
@@ -293,11 +291,11 @@ def _length_groups(lengths: Tensor) -> list[tuple[int, list[int]]]:
     return list(groups.items())
 
 
-def _device(codec: torch.nn.Module) -> torch.device:
+def device_of(codec: torch.nn.Module) -> torch.device:
     return next(codec.parameters()).device
 
 
-def _reconstruct(codec: Codec, audio: Tensor, n_q: int | None) -> tuple[Tensor, Tensor]:
+def reconstruct(codec: Codec, audio: Tensor, n_q: int | None) -> tuple[Tensor, Tensor]:
     """codes [N, k, T] and reconstruction [N, 1, S] of clips [N, 1, S] through encode/decode."""
     codes = codec.encode(audio, n_q)
     return codes, codec.decode(codes)[..., : audio.shape[-1]].float()
@@ -318,7 +316,7 @@ def measure_quality(codec: Codec, batches: Iterable[dict], n_q: int | None = Non
     k = cfg.n_q if n_q is None else int(n_q)
     if not 1 <= k <= cfg.n_q:
         raise ValueError(f"n_q must be in [1, {cfg.n_q}], got {n_q}")
-    device = _device(codec)
+    device = device_of(codec)
     speech = _speech_backends() if speech_metrics and cfg.sample_rate == SPEECH_SAMPLE_RATE else {}
     sums: dict[str, float] = defaultdict(float)
     speech_scores: dict[str, list[float]] = {name: [] for name in speech}
@@ -332,7 +330,7 @@ def measure_quality(codec: Codec, batches: Iterable[dict], n_q: int | None = Non
                 audio, lengths = batch["audio"], batch["lengths"]
                 for length, index in _length_groups(lengths):
                     x = audio[index, :, :length].to(device=device, dtype=torch.float32)
-                    codes, y = _reconstruct(codec, x, k)
+                    codes, y = reconstruct(codec, x, k)
                     counts += code_counts(codes, cfg.codebook_size)
                     sums["mel_distance"] += mel_distance(x, y, cfg.sample_rate).sum().item()
                     sums["stft_distance"] += stft_distance(x, y).sum().item()
@@ -370,127 +368,3 @@ def bitrate_curve(codec: Codec, batches_factory: Callable[[], Iterable[dict]],
     """``measure_quality`` with k = 1 .. n_q codebooks, each over a fresh ``batches_factory()``."""
     return [measure_quality(codec, batches_factory(), n_q=k, speech_metrics=speech_metrics)
             for k in range(1, codec.cfg.n_q + 1)]
-
-
-# -- listening and looking ------------------------------------------------------------------------
-def _file_stem(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", key) or "clip"
-
-
-def _plot_log_mel(sample_rate: int) -> tuple[int, int]:
-    n_fft = 2 ** math.ceil(math.log2(max(0.032 * sample_rate, 16)))
-    return n_fft, min(80, n_fft // 4)
-
-
-def log_mel_db(clip: Tensor, sample_rate: int) -> np.ndarray:
-    """dB log-mel spectrogram [n_mels, frames] of one clip for display: 32 ms windows, hop 8 ms,
-    up to 80 slaney mel bands, 20 log10(clamp(mel, 1e-5))."""
-    n_fft, bands = _plot_log_mel(sample_rate)
-    clip = _as_clips(clip.detach().cpu())
-    fbank = _mel_filterbank(sample_rate, n_fft, bands, "cpu")
-    mel = (stft_magnitude(clip, n_fft).transpose(1, 2) @ fbank).transpose(1, 2)
-    return (20 * mel.clamp(min=CLAMP_EPS).log10())[0].numpy()
-
-
-def _plot_pair(orig: Tensor, recon: Tensor, sample_rate: int, key: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    original, reconstructed = log_mel_db(orig, sample_rate), log_mel_db(recon, sample_rate)
-    vmax = float(original.max())
-    seconds = orig.shape[-1] / sample_rate
-    fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, layout="constrained")
-    for ax, db, label in zip(axes, (original, reconstructed), ("original", "reconstruction")):
-        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-                          vmin=vmax - 80, vmax=vmax, extent=(0, seconds, 0, db.shape[0]))
-        ax.set_ylabel(f"{label}\nmel bin")
-    axes[-1].set_xlabel("time (s)")
-    fig.colorbar(image, ax=list(axes), location="right", label="dB", shrink=0.6)
-    fig.suptitle(f"{key}  ({seconds:.2f} s, {sample_rate} Hz)", fontsize="medium")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def write_reconstructions(codec: Codec, batch: dict, out_dir: Path, max_clips: int = 4,
-                          n_q: int | None = None) -> list[Path]:
-    """For the first ``max_clips`` clips of ``batch``: ``KEY.orig.flac`` and ``KEY.recon.flac``
-    (valid samples only, clamped to [-1, 1]) and ``KEY.png`` (original above reconstructed log-mel
-    spectrogram, titled with the key) in ``out_dir``. Returns the written paths."""
-    import soundfile as sf
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sample_rate = codec.cfg.sample_rate
-    device = _device(codec)
-    written: list[Path] = []
-    was_training = codec.training
-    codec.eval()
-    try:
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            for i, key in enumerate(batch["keys"][:max_clips]):
-                length = int(batch["lengths"][i])
-                x = batch["audio"][i: i + 1, :, :length].to(device=device, dtype=torch.float32)
-                _, y = _reconstruct(codec, x, n_q)
-                x, y = x[0, 0].cpu().clamp(-1, 1), y[0, 0].cpu().clamp(-1, 1)
-                stem = _file_stem(str(key))
-                for suffix, clip in (("orig", x), ("recon", y)):
-                    path = out_dir / f"{stem}.{suffix}.flac"
-                    sf.write(path, clip.numpy(), sample_rate, format="FLAC")
-                    written.append(path)
-                written.append(_plot_pair(x, y, sample_rate, str(key), out_dir / f"{stem}.png"))
-    finally:
-        codec.train(was_training)
-    return written
-
-
-# -- tables -----------------------------------------------------------------------------------------
-COLUMNS = (
-    ("n_q", "codebooks", "{:.0f}"),
-    ("bitrate_kbps", "kbps", "{:.2f}"),
-    ("mel_distance", "mel_dist", "{:.3f}"),
-    ("stft_distance", "stft_dist", "{:.3f}"),
-    ("si_sdr_db", "si_sdr_dB", "{:.2f}"),
-    ("pesq", "pesq", "{:.2f}"),
-    ("stoi", "stoi", "{:.3f}"),
-    ("usage_entropy", "usage", "{:.3f}"),
-    ("perplexity", "perplexity", "{:.1f}"),
-)
-"""(metric, header, format); usage and perplexity are the means over the codebooks used."""
-
-
-def _per_codebook(metrics: dict[str, float], name: str) -> list[float]:
-    prefix = f"{PREFIX}{name}/q"
-    found = sorted((int(key[len(prefix):]), value) for key, value in metrics.items()
-                   if key.startswith(prefix) and key[len(prefix):].isdigit())
-    return [value for _, value in found]
-
-
-def _cell(metrics: dict[str, float], name: str) -> float | None:
-    if name in ("usage_entropy", "perplexity"):
-        values = _per_codebook(metrics, name)
-        return sum(values) / len(values) if values else None
-    return metrics.get(f"{PREFIX}{name}")
-
-
-def format_table(rows: Sequence[dict[str, float]]) -> str:
-    """Fixed-width table of ``measure_quality`` results, one row each; a column only where some row
-    has the metric ("-" where a row lacks it). usage / perplexity: means over the row's codebooks."""
-    columns = [(name, header, fmt) for name, header, fmt in COLUMNS
-               if any(_cell(row, name) is not None for row in rows)]
-    cells = [[fmt.format(v) if (v := _cell(row, name)) is not None else "-" for name, _, fmt in columns]
-             for row in rows]
-    widths = [max([len(header)] + [len(r[j]) for r in cells]) for j, (_, header, _) in enumerate(columns)]
-    lines = ["  ".join(header.rjust(w) for (_, header, _), w in zip(columns, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def format_usage(metrics: dict[str, float]) -> str:
-    """Fixed-width table of each codebook's normalised entropy and perplexity."""
-    entropy, perplexity = _per_codebook(metrics, "usage_entropy"), _per_codebook(metrics, "perplexity")
-    lines = [f"{'codebook':>8}  {'entropy/log2K':>13}  {'perplexity':>10}"]
-    lines += [f"{'q' + str(i):>8}  {e:>13.3f}  {p:>10.1f}" for i, (e, p) in enumerate(zip(entropy, perplexity))]
-    return "\n".join(lines)

@@ -1,5 +1,5 @@
 """What each data-parallel mode communicates per step and keeps in memory per GPU, as aurora's
-engines run it (aurora/engines, aurora/dist/hierarchical.py) on the current torch and DeepSpeed.
+engines run it (aurora/engines, aurora/distributed/hierarchical.py) on the current torch and DeepSpeed.
 
 Modes (G micro-batches per optimizer step, P parameters, g GPUs per node, m nodes):
 
@@ -22,11 +22,11 @@ Modes (G micro-batches per optimizer step, P parameters, g GPUs per node, m node
 - hierarchical: DDP inside each node every step; every K = outer_every steps, after the
   optimizer step, each rank all-reduces its 1/g slice of the parameters (P/g, rounded up) with
   its peers of the same local rank on the other nodes, then the node all-gathers the slices
-  (aurora.dist.hierarchical): a two-level all-reduce. On one node there is nothing to average.
+  (aurora.distributed.hierarchical): a two-level all-reduce. On one node there is nothing to average.
 - hierarchical_fsdp: the same with FSDP2 inside the node: the fsdp collectives over the node,
   and every K steps each rank averages its parameter shard (P/g) across nodes.
 
-Payloads follow aurora.dist.comm_log: all_reduce the tensor, all_gather the full gathered
+Payloads follow aurora.perf.comm_log: all_reduce the tensor, all_gather the full gathered
 output, reduce_scatter the full input. Every collective is counted as issued, also on a
 group of one rank (it moves nothing, and takes no time in ``collectives``), except the
 hierarchical modes' average, which aurora skips on one node. Only model-state
@@ -37,11 +37,25 @@ gradient norm) are not.
 import math
 from dataclasses import dataclass
 
-from tools.scale.collectives import Group
-
 MODES = ("ddp", "fsdp", "hsdp", "zero1", "zero2", "zero3", "hierarchical", "hierarchical_fsdp")
 KINDS = ("all_reduce", "reduce_scatter", "all_gather")
 WHEN = ("forward", "backward", "backward_last", "update", "outer")
+
+
+@dataclass(frozen=True)
+class Group:
+    """The shape of a process group: `per_node` of its ranks on each of `nodes` nodes."""
+
+    per_node: int
+    nodes: int
+
+    @property
+    def size(self) -> int:
+        return self.per_node * self.nodes
+
+    @property
+    def spans_nodes(self) -> bool:
+        return self.nodes > 1
 
 
 @dataclass(frozen=True)
@@ -133,9 +147,9 @@ def collective_bytes_per_step(mode: str, param_count: int, bytes_per_param: int,
 
     Keys: ``all_reduce``, ``reduce_scatter``, ``all_gather`` (every collective of that kind), and
     ``all_reduce_inter_node``, ``reduce_scatter_inter_node``, ``all_gather_inter_node`` (the part
-    issued on groups spanning nodes, as ``aurora.dist.comm_log.spans_nodes`` decides, with ranks
+    issued on groups spanning nodes, as ``aurora.perf.comm_log.spans_nodes`` decides, with ranks
     numbered node-major); the intra-node part is the difference. Payloads as in
-    ``aurora.dist.comm_log``: all_reduce the tensor, all_gather the full output, reduce_scatter
+    ``aurora.perf.comm_log``: all_reduce the tensor, all_gather the full output, reduce_scatter
     the full input; every tensor at bytes_per_param.
 
     ``root_params``: parameters of the FSDP root unit, which stays gathered from forward to

@@ -1,3 +1,0 @@
-from aurora.dist.env import DistEnv, all_reduce_sum, barrier, init_distributed, read_launch_env, shutdown
-
-__all__ = ["DistEnv", "all_reduce_sum", "barrier", "init_distributed", "read_launch_env", "shutdown"]

@@ -1,0 +1,2 @@
+"""Losses shared by recipes: audio reconstruction, GAN, EnCodec's gradient balancer. Pure
+functions and small modules; a recipe picks and weighs them."""
