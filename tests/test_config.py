@@ -39,15 +39,17 @@ def test_errors_are_one_line_and_name_the_key(override, expected):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["engine.zero_stage=4"], "engine.zero_stage must be 1, 2 or 3, got 4"),
-    (["engine.name=ddp", "engine.hsdp=true"], "engine.hsdp=true needs engine.name=fsdp (got ddp)"),
-    (["engine.prefetch=-1"], "engine.prefetch must be >= 0"),
+    (["engine.deepspeed.zero_stage=4"], "engine.deepspeed.zero_stage must be 1, 2 or 3, got 4"),
+    (["engine.name=ddp", "engine.fsdp.hsdp=true"], "engine.fsdp.hsdp=true needs engine.name=fsdp (got ddp)"),
+    (["engine.fsdp.prefetch=-1"], "engine.fsdp.prefetch must be >= 0"),
     (["engine.name=deepspeed", "trainer.clip_grad_value=1.0"], "trainer.clip_grad_value is not supported by "
                                                                  "engine.name=deepspeed"),
     (["engine.name=deepspeed", "trainer.async_checkpoint=true"], "trainer.async_checkpoint is not supported by "
                                                                    "engine.name=deepspeed"),
-    (["engine.name=deepspeed", "sync.mode=hierarchical"], "sync.mode=hierarchical needs engine.name=ddp or fsdp"),
-    (["engine.hsdp=true", "sync.mode=hierarchical"], "sync.mode=hierarchical needs engine.name=ddp or fsdp"),
+    (["engine.name=deepspeed", "sync.mode=hierarchical"], "sync.mode=hierarchical is not supported by "
+                                                            "engine.name=deepspeed"),
+    (["engine.fsdp.hsdp=true", "sync.mode=hierarchical"], "sync.mode=hierarchical is not supported by "
+                                                            "engine.name=fsdp with engine.fsdp.hsdp=true"),
     (["sync.outer_every=0"], "sync.outer_every must be >= 1, got 0"),
     (["optim.name=lamb"], "optim.name"),
 ])
@@ -61,8 +63,8 @@ def test_deepspeed_config_is_generated_and_a_user_json_wins(tmp_path):
     from aurora.engines.deepspeed import deepspeed_config_dict
 
     cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml", [
-        "run.dir=x", "engine.name=deepspeed", "engine.zero_stage=3", "engine.reduce_bucket_size=1000",
-        "engine.offload_optimizer=true", "trainer.grad_accum_steps=4", "trainer.clip_grad_norm=2.0"])
+        "run.dir=x", "engine.name=deepspeed", "engine.deepspeed.zero_stage=3", "engine.deepspeed.reduce_bucket_size=1000",
+        "engine.deepspeed.offload_optimizer=true", "trainer.grad_accum_steps=4", "trainer.clip_grad_norm=2.0"])
     generated = deepspeed_config_dict(cfg)
     zero = generated["zero_optimization"]
     assert (zero["stage"], zero["reduce_bucket_size"], zero["offload_optimizer"]["device"]) == (3, 1000, "cpu")
@@ -70,11 +72,11 @@ def test_deepspeed_config_is_generated_and_a_user_json_wins(tmp_path):
     assert (generated["gradient_accumulation_steps"], generated["gradient_clipping"]) == (4, 2.0)
     user = tmp_path / "ds.json"
     user.write_text('{"zero_optimization": {"reduce_bucket_size": 5, "stage3_max_live_parameters": 7}}')
-    cfg.engine.deepspeed_config = str(user)
+    cfg.engine.deepspeed.config = str(user)
     merged = deepspeed_config_dict(cfg)["zero_optimization"]
     assert (merged["reduce_bucket_size"], merged["stage3_max_live_parameters"], merged["stage"]) == (5, 7, 3)
     user.write_text("{not json")
-    with pytest.raises(ValueError, match=f"engine.deepspeed_config={user}: cannot read it as JSON"):
+    with pytest.raises(ValueError, match=f"engine.deepspeed.config={user}: cannot read it as JSON"):
         deepspeed_config_dict(cfg)
 
 
@@ -105,3 +107,17 @@ def test_gan_codec_on_deepspeed_is_refused_with_what_to_do():
 def test_codec_data_and_model_sample_rates_must_agree():
     with pytest.raises((ConfigError, ValueError), match="data.sample_rate"):
         load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["data.sample_rate=24000"])
+
+
+@pytest.mark.parametrize("old, new", [("engine.zero_stage", "engine.deepspeed.zero_stage"),
+                                      ("engine.bucket_cap_mb", "engine.ddp.bucket_cap_mb"),
+                                      ("engine.hsdp", "engine.fsdp.hsdp"),
+                                      ("engine.deepspeed_config", "engine.deepspeed.config")])
+def test_a_moved_key_names_its_new_place(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' is now '{new}': pass {new}=3"):
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["run.dir=x", f"{old}=3"])
+    yaml = tmp_path / "old.yaml"
+    section, key = old.split(".")
+    yaml.write_text(f"task: lm\n{section}:\n  {key}: 3\n")
+    with pytest.raises(ConfigError, match=f"'{old}' in {yaml} is now '{new}': move it there"):
+        load_config(LMTrainConfig, yaml, ["run.dir=x"])

@@ -56,9 +56,9 @@ def _engines(tmp_path) -> dict[str, list[str]]:
     return {
         "ddp": ["engine.name=ddp"],
         "fsdp": ["engine.name=fsdp"],
-        "zero1": ["engine.name=deepspeed", "engine.zero_stage=1"],
-        "zero2": ["engine.name=deepspeed", "engine.zero_stage=2"],
-        "zero3": ["engine.name=deepspeed", "engine.zero_stage=3", f"engine.deepspeed_config={zero3_json}"],
+        "zero1": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=1"],
+        "zero2": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=2"],
+        "zero3": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3", f"engine.deepspeed.config={zero3_json}"],
     }
 
 

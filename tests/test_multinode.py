@@ -74,7 +74,7 @@ def single(tmp_path_factory, token_shards) -> dict:
 
 
 def test_hsdp_matches_single_process(tmp_path, token_shards, single):
-    hsdp = _steps(tmp_path, token_shards, "hsdp", True, "engine.name=fsdp", "engine.hsdp=true")
+    hsdp = _steps(tmp_path, token_shards, "hsdp", True, "engine.name=fsdp", "engine.fsdp.hsdp=true")
     _assert_same(single["adamw"], hsdp)
     _assert_volumes_as_modelled(hsdp, "hsdp")
 
@@ -111,7 +111,7 @@ def test_codec_trains_under_hsdp_and_hierarchical_sync(tmp_path, audio_shards):
         run_nodes(args) if nodes else run_cmd(args)
         return torch.load(out)
 
-    _assert_same(codec("single", False), codec("hsdp", True, "engine.name=fsdp", "engine.hsdp=true"))
+    _assert_same(codec("single", False), codec("hsdp", True, "engine.name=fsdp", "engine.fsdp.hsdp=true"))
     k3 = codec("k3", True, "engine.name=fsdp", "sync.mode=hierarchical", "sync.outer_every=3")
     assert all(torch.isfinite(torch.tensor(k3["losses"])))
 

@@ -28,7 +28,7 @@ def _weights(run_dir) -> dict:
     return model.state_dict()
 
 
-@pytest.mark.parametrize("engine", [["ddp"], ["deepspeed", "engine.zero_stage=3"]], ids=["ddp", "zero3"])
+@pytest.mark.parametrize("engine", [["ddp"], ["deepspeed", "engine.deepspeed.zero_stage=3"]], ids=["ddp", "zero3"])
 def test_resume_is_bit_identical(tmp_path, token_shards, engine):
     """DeepSpeed's checkpoint goes through its own save/load; ``_weights`` merges its ZeRO-3
     partitions into the plain model."""
@@ -74,8 +74,8 @@ def _steps_from(checkpoint, run_dir, shards, nproc: int, *overrides) -> dict:
 def test_deepspeed_resumes_on_another_world_size_through_the_universal_format(tmp_path, token_shards):
     """A ZeRO-2 checkpoint of 2 ranks, resumed by 1: converted to DeepSpeed's universal format,
     its weights and AdamW state train on exactly as when 2 ranks resume it."""
-    zero2 = ["engine.name=deepspeed", "engine.zero_stage=2"]
-    _train(tmp_path / "run", token_shards, 4, "deepspeed", "engine.zero_stage=2")
+    zero2 = ["engine.name=deepspeed", "engine.deepspeed.zero_stage=2"]
+    _train(tmp_path / "run", token_shards, 4, "deepspeed", "engine.deepspeed.zero_stage=2")
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
     same = _steps_from(checkpoint, tmp_path / "same", token_shards, 2, *zero2)
     other = _steps_from(checkpoint, tmp_path / "other", token_shards, 1, *zero2)
@@ -88,8 +88,9 @@ def test_deepspeed_resumes_on_another_world_size_through_the_universal_format(tm
 
 
 def test_zero3_resume_on_another_world_size_is_refused_clearly(tmp_path, token_shards):
-    _train(tmp_path, token_shards, 4, "deepspeed", "engine.zero_stage=3")
-    out = _train(tmp_path, token_shards, 6, "deepspeed", "engine.zero_stage=3", nproc=1, check=False)
+    _train(tmp_path, token_shards, 4, "deepspeed", "engine.deepspeed.zero_stage=3")
+    out = _train(tmp_path, token_shards, 6, "deepspeed", "engine.deepspeed.zero_stage=3", nproc=1, check=False)
     assert out.returncode != 0
-    assert "was written by 2 DeepSpeed ZeRO-3 ranks and this job has 1" in out.stderr, out.stderr[-3000:]
+    assert ("was written by 2 ranks and this job has 1: engine.name=deepspeed with engine.deepspeed.zero_stage=3 "
+            "resumes only on the same number of ranks") in out.stderr, out.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"  # nothing lost

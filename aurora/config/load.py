@@ -8,6 +8,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
+from aurora.config.schema import MOVED_KEYS
+
 
 class ConfigError(ValueError):
     """A config that does not fit its schema; the message is one line naming the key."""
@@ -61,14 +63,36 @@ def _read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _dotted_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _refuse_moved_keys(path: str | Path, data: dict, overrides: list[str]) -> None:
+    """A key that moved (``MOVED_KEYS``) is an error naming its new place, in the YAML or an override."""
+    for key in _dotted_keys(data):
+        if key in MOVED_KEYS:
+            raise ConfigError(f"config: '{key}' in {path} is now '{MOVED_KEYS[key]}': move it there")
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in MOVED_KEYS:
+            raise ConfigError(f"config: '{key}' is now '{MOVED_KEYS[key]}': pass {MOVED_KEYS[key]}={item.split('=', 1)[1]}")
+
+
 def load_config(schema: type, path: str | Path, overrides: list[str] = ()) -> Any:
     """Merge ``path`` and ``key=value`` overrides onto ``schema``; return the dataclass object."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"config: override '{item}' must look like key.sub=value")
+    data = _read_yaml(path)
+    _refuse_moved_keys(path, data, list(overrides))
     try:
         cfg = OmegaConf.structured(schema)
-        cfg = OmegaConf.merge(cfg, OmegaConf.create(_read_yaml(path)), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(data), OmegaConf.from_dotlist(list(overrides)))
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             names = ", ".join(f"'{key}'" for key in missing)

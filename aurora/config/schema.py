@@ -140,10 +140,57 @@ class OptimConfig:
 
 
 @dataclass
+class DDPConfig:
+    bucket_cap_mb: float = 100.0
+    """Gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
+    25 MiB default is tuned for small models."""
+
+
+@dataclass
+class FSDPConfig:
+    reshard_after_forward: bool = True
+    """Free gathered parameters after forward (ZeRO-3 style, less memory) or keep them until
+    backward (ZeRO-2 style, less communication)."""
+    prefetch: int = 0
+    """Blocks whose parameter all-gather is issued ahead of use, in forward and in backward
+    (explicit prefetching); 0 keeps FSDP2's implicit prefetching."""
+    hsdp: bool = False
+    """Hybrid sharding on a (replicate, shard) mesh: parameters sharded over the GPUs of one
+    node, replicated across nodes (gradients reduce-scattered in the node, all-reduced across
+    nodes)."""
+
+    def __post_init__(self):
+        if self.prefetch < 0:
+            raise ValueError(f"engine.fsdp.prefetch must be >= 0, got {self.prefetch}")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2
+    """ZeRO stage. 1 partitions optimizer state, 2 also gradients, 3 also parameters."""
+    reduce_bucket_size: int = 200_000_000
+    """Elements (not bytes) per gradient reduce bucket."""
+    allgather_bucket_size: int = 200_000_000
+    """Elements (not bytes) per parameter all-gather bucket (stage 1/2); stage 3's prefetch
+    bucket."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with backward."""
+    offload_optimizer: bool = False
+    """Keep optimizer state (and its update) in CPU memory."""
+    config: Optional[str] = None
+    """A DeepSpeed JSON file merged over the configuration generated from these fields (its keys
+    win), for settings aurora does not expose."""
+
+    def __post_init__(self):
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"engine.deepspeed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass
 class EngineConfig:
     name: EngineName = EngineName.ddp
     """Data-parallel engine: ddp (replicated model), fsdp (FSDP2 fully_shard per block) or
-    deepspeed (ZeRO stage ``zero_stage``, configured from these fields)."""
+    deepspeed (ZeRO); each has its own section below."""
     precision: Precision = Precision.fp32
     """Compute precision: fp32, or bf16 autocast (parameters and optimizer state stay fp32)."""
     activation_checkpointing: bool = False
@@ -151,41 +198,28 @@ class EngineConfig:
     about one more forward of compute). Parameter names do not change."""
     compile: bool = False
     """``torch.compile`` each block (the shard units) in place before wrapping."""
-    bucket_cap_mb: float = 100.0
-    """ddp: gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
-    25 MiB default is tuned for small models."""
-    reshard_after_forward: bool = True
-    """fsdp: free gathered parameters after forward (ZeRO-3 style, less memory) or keep them
-    until backward (ZeRO-2 style, less communication)."""
-    prefetch: int = 0
-    """fsdp: blocks whose parameter all-gather is issued ahead of use, in forward and in
-    backward (explicit prefetching); 0 keeps FSDP2's implicit prefetching."""
-    hsdp: bool = False
-    """fsdp: hybrid sharding on a (replicate, shard) mesh: parameters sharded over the GPUs of
-    one node, replicated across nodes (gradients reduce-scattered in the node, all-reduced
-    across nodes)."""
-    zero_stage: int = 2
-    """deepspeed: ZeRO stage. 1 partitions optimizer state, 2 also gradients, 3 also parameters."""
-    reduce_bucket_size: int = 200_000_000
-    """deepspeed: elements (not bytes) per gradient reduce bucket."""
-    allgather_bucket_size: int = 200_000_000
-    """deepspeed: elements (not bytes) per parameter all-gather bucket (stage 1/2); stage 3's
-    prefetch bucket."""
-    overlap_comm: bool = True
-    """deepspeed: overlap gradient reduction with backward."""
-    offload_optimizer: bool = False
-    """deepspeed: keep optimizer state (and its update) in CPU memory."""
-    deepspeed_config: Optional[str] = None
-    """deepspeed: a JSON file merged over the configuration generated from these fields (its
-    keys win), for settings aurora does not expose."""
+    ddp: DDPConfig = field(default_factory=DDPConfig)
+    """engine.name=ddp: DistributedDataParallel's settings."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """engine.name=fsdp: FSDP2's settings."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """engine.name=deepspeed: DeepSpeed ZeRO's settings."""
 
     def __post_init__(self):
-        if self.zero_stage not in (1, 2, 3):
-            raise ValueError(f"engine.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
-        if self.prefetch < 0:
-            raise ValueError(f"engine.prefetch must be >= 0, got {self.prefetch}")
-        if self.hsdp and self.name != EngineName.fsdp:
-            raise ValueError(f"engine.hsdp=true needs engine.name=fsdp (got {self.name.value})")
+        if self.fsdp.hsdp and self.name != EngineName.fsdp:
+            raise ValueError(f"engine.fsdp.hsdp=true needs engine.name=fsdp (got {self.name.value})")
+
+
+MOVED_KEYS = {
+    **{f"engine.{key}": f"engine.ddp.{key}" for key in ("bucket_cap_mb",)},
+    **{f"engine.{key}": f"engine.fsdp.{key}" for key in ("reshard_after_forward", "prefetch", "hsdp")},
+    **{f"engine.{key}": f"engine.deepspeed.{key}" for key in ("zero_stage", "reduce_bucket_size",
+                                                              "allgather_bucket_size", "overlap_comm",
+                                                              "offload_optimizer")},
+    "engine.deepspeed_config": "engine.deepspeed.config",
+}
+"""Keys that moved: old dotted name -> new one (a config using an old name is refused, naming
+the new one)."""
 
 
 @dataclass
@@ -248,17 +282,9 @@ class TrainConfig:
             raise ValueError(f"trainer.hang_timeout_s ({hang:g}) must be shorter than dist.timeout_s "
                              f"({self.dist.timeout_s}), so the watchdog reports a hang before a collective "
                              f"times out; raise dist.timeout_s or lower trainer.hang_timeout_s")
-        engine = self.engine
-        if engine.name == EngineName.deepspeed:
-            if self.trainer.clip_grad_value is not None:
-                raise ValueError("trainer.clip_grad_value is not supported by engine.name=deepspeed (it clips "
-                                 "by norm only): set trainer.clip_grad_value=null")
-            if self.trainer.async_checkpoint:
-                raise ValueError("trainer.async_checkpoint is not supported by engine.name=deepspeed (its "
-                                 "checkpoints go through DeepSpeed's own save): set trainer.async_checkpoint=false")
-        if self.sync.mode == SyncMode.hierarchical and (engine.name == EngineName.deepspeed or engine.hsdp):
-            raise ValueError("sync.mode=hierarchical needs engine.name=ddp or fsdp without engine.hsdp (it "
-                             "replaces the cross-node gradient sync that hsdp and deepspeed do every step)")
+        from aurora.engines.capabilities import check_config  # engines know what they can do
+
+        check_config(self)
         if self.trainer.eval_every:
             if self.trainer.eval_every % self.trainer.checkpoint_every:
                 raise ValueError(f"trainer.eval_every ({self.trainer.eval_every}) must be a multiple of "

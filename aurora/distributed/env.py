@@ -102,6 +102,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_reduce_named(values: dict[str, torch.Tensor | float], device: torch.device) -> dict[str, float]:
+    """Sum named numbers (0-d tensors or floats, float32) over all ranks in one collective. Every
+    rank must pass the same names."""
+    names = sorted(values)
+    local = torch.stack([torch.as_tensor(values[n], dtype=torch.float32, device=device) for n in names])
+    return dict(zip(names, all_reduce_sum(local).tolist()))
+
+
 def barrier() -> None:
     dist.barrier()
 

@@ -10,9 +10,10 @@ from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from aurora.config.schema import Precision, SyncMode, TrainConfig
+from aurora.config.schema import EngineConfig, Precision, SyncMode, TrainConfig
 from aurora.distributed import DistEnv
 from aurora.distributed.mesh import node_mesh
+from aurora.engines.capabilities import Capabilities
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -21,12 +22,17 @@ class Engine(ABC):
     shards_parameters: bool = False
     """Whether each rank holds a part of the parameters (not a whole replica)."""
 
+    @classmethod
+    def capabilities(cls, cfg: EngineConfig) -> Capabilities:
+        """What this engine can do with settings ``cfg`` (checked in ``aurora.engines.capabilities``)."""
+        return Capabilities()
+
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg = cfg.engine
         self.trainer_cfg = cfg.trainer
         self.env = env
         self.hierarchical = cfg.sync.mode == SyncMode.hierarchical
-        self.mesh = node_mesh(env) if self.hierarchical or self.cfg.hsdp else None
+        self.mesh = node_mesh(env) if self.hierarchical or self.cfg.fsdp.hsdp else None
         """The (replicate, shard) mesh of nodes, when the engine syncs by node."""
 
     def prepare(self, model: nn.Module, shard_units: list[nn.Module],

@@ -1,5 +1,5 @@
 """DistributedDataParallel: the model replicated on every rank, gradients all-reduced in buckets
-of ``engine.bucket_cap_mb`` MiB, overlapped with backward. Under ``sync.mode=hierarchical`` the
+of ``engine.ddp.bucket_cap_mb`` MiB, overlapped with backward. Under ``sync.mode=hierarchical`` the
 all-reduce spans the ranks of one node only."""
 
 import contextlib
@@ -18,7 +18,7 @@ class DDPEngine(Engine):
         group = self.mesh.get_group(SHARD) if self.hierarchical else None
         # DDP broadcasts the group's first rank's parameters at construction; the seed already
         # made them equal on every rank, which hierarchical sync relies on across nodes.
-        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.bucket_cap_mb,
+        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.cfg.ddp.bucket_cap_mb,
                                        process_group=group)
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:

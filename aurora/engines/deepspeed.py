@@ -2,7 +2,7 @@
 
 The DeepSpeed configuration is generated (``deepspeed_config_dict``): ZeRO stage, bucket sizes
 in elements, ``overlap_comm``, optional CPU offload of the optimizer state, gradient clipping
-and accumulation; a user JSON (``engine.deepspeed_config``) is merged over it. The loop's own
+and accumulation; a user JSON (``engine.deepspeed.config``) is merged over it. The loop's own
 AdamW and LR schedule are kept: DeepSpeed wraps the optimizer and steps it.
 
 Precision: bf16 runs as torch autocast around DeepSpeed's fp32 parameters (as on the other
@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aurora.config.schema import TrainConfig
+from aurora.config.schema import EngineConfig, TrainConfig
 from aurora.distributed import DistEnv, barrier
 from aurora.engines.base import Engine, OptimizerFactory
+from aurora.engines.capabilities import Capabilities
 
 NATIVE_DIR = "deepspeed"
 """Sub-folder of a checkpoint directory holding DeepSpeed's files."""
@@ -59,8 +60,8 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def deepspeed_config_dict(cfg: TrainConfig) -> dict:
-    """The DeepSpeed configuration for ``cfg``: generated, then ``engine.deepspeed_config`` over it."""
-    e = cfg.engine
+    """The DeepSpeed configuration for ``cfg``: generated, then ``engine.deepspeed.config`` over it."""
+    e = cfg.engine.deepspeed
     zero = {
         "stage": e.zero_stage,
         "reduce_bucket_size": e.reduce_bucket_size,
@@ -86,21 +87,30 @@ def deepspeed_config_dict(cfg: TrainConfig) -> dict:
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**62,
     }
-    if e.deepspeed_config is None:
+    if e.config is None:
         return generated
-    path = Path(e.deepspeed_config)
+    path = Path(e.config)
     try:
         user = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"engine.deepspeed_config={path}: cannot read it as JSON ({err}); point it at a "
+        raise ValueError(f"engine.deepspeed.config={path}: cannot read it as JSON ({err}); point it at a "
                          f"DeepSpeed config file or set it to null") from err
     return _merge(generated, user)
 
 
 class DeepSpeedEngine(Engine):
+    @classmethod
+    def capabilities(cls, cfg: EngineConfig) -> Capabilities:
+        # DeepSpeed clips by norm only and writes its state through its own (synchronous) save,
+        # and reduces across all ranks every step. Measured with DeepSpeed 0.19.8: a ZeRO-3
+        # universal load trains on to weights 2e-4 away from the same-world resume within 3
+        # steps (its optimizer state is not all back), so ZeRO-3 resumes on the same world only.
+        return Capabilities(clip_grad_value=False, async_checkpoint=False, hierarchical_sync=False,
+                            resume_on_other_world_size=cfg.deepspeed.zero_stage != 3)
+
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         super().__init__(cfg, env)
-        self.shards_parameters = cfg.engine.zero_stage == 3
+        self.shards_parameters = cfg.engine.deepspeed.zero_stage == 3
         self.ds_config = deepspeed_config_dict(cfg)
         self.deepspeed = _deepspeed(env)
         # DeepSpeed reads the local rank from the environment, which only torchrun sets.
@@ -175,12 +185,6 @@ class DeepSpeedEngine(Engine):
         native = path / NATIVE_DIR
         saved = len(list((native / TAG).glob("*optim_states.pt")))
         universal = saved != self.env.world_size
-        if universal and self.cfg.zero_stage == 3:
-            # Measured with DeepSpeed 0.19.8: a ZeRO-3 universal load trains on to weights 2e-4
-            # away from the same-world resume within 3 steps (its optimizer state is not all back).
-            raise RuntimeError(f"{path} was written by {saved} DeepSpeed ZeRO-3 ranks and this job has "
-                               f"{self.env.world_size}: ZeRO-3 resumes only on the same number of ranks. Resume with "
-                               f"{saved} ranks, or go on with engine.zero_stage=1/2 or engine.name=fsdp from its weights")
         if universal:
             self._convert_to_universal(native)
         self.ds._config.load_universal_checkpoint = universal

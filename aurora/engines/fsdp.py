@@ -2,7 +2,7 @@
 over the data-parallel mesh, gathered per block for compute.
 
 Meshes: the whole world (default); ``(replicate, shard)`` with shard = one node for HSDP
-(``engine.hsdp``); one node alone under ``sync.mode=hierarchical``, whose cross-node exchange
+(``engine.fsdp.hsdp``); one node alone under ``sync.mode=hierarchical``, whose cross-node exchange
 is the periodic parameter average instead."""
 
 import contextlib
@@ -12,16 +12,22 @@ from torch import nn
 from torch.distributed.tensor import distribute_tensor
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from aurora.config.schema import Precision
+from aurora.config.schema import EngineConfig, Precision
 from aurora.distributed.mesh import SHARD, flat_mesh
 from aurora.engines.base import Engine
+from aurora.engines.capabilities import Capabilities
 
 
 class FSDPEngine(Engine):
     shards_parameters = True
 
+    @classmethod
+    def capabilities(cls, cfg: EngineConfig) -> Capabilities:
+        # HSDP already replicates across nodes every step: no room for the loop's own cross-node sync.
+        return Capabilities(hierarchical_sync=not cfg.fsdp.hsdp)
+
     def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
-        if self.cfg.hsdp:
+        if self.cfg.fsdp.hsdp:
             mesh = self.mesh
         elif self.hierarchical:
             mesh = self.mesh[SHARD]
@@ -32,10 +38,10 @@ class FSDPEngine(Engine):
         if self.cfg.precision == Precision.bf16:
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for unit in shard_units:
-            fully_shard(unit, mesh=mesh, reshard_after_forward=self.cfg.reshard_after_forward, mp_policy=mp)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.cfg.fsdp.reshard_after_forward, mp_policy=mp)
         # The root keeps its parameters gathered after forward: backward needs them at once.
         fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp)
-        depth = self.cfg.prefetch
+        depth = self.cfg.fsdp.prefetch
         if depth:
             for i, unit in enumerate(shard_units):
                 unit.set_modules_to_forward_prefetch(shard_units[i + 1:i + 1 + depth])

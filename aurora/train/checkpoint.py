@@ -215,11 +215,16 @@ class Checkpointer:
         return len(doomed)
 
     # -- loading ------------------------------------------------------------------------------
+    @staticmethod
+    def saved_world(path: Path) -> int:
+        """How many ranks wrote checkpoint ``path`` (one rank file each)."""
+        return len(list(path.glob("rank_*.pt")))
+
     def load(self, path: Path, app_state: dict) -> tuple[dict, dict]:
         """Fill ``app_state`` in place from ``path`` (DCP reshards it to this world size);
         return (the rank state saved by this rank, or by ``rank % saved world size`` when the
         world size changed; the shared state)."""
-        saved = len(list(path.glob("rank_*.pt")))
+        saved = self.saved_world(path)
         if saved == 0 or not (path / SHARED_FILE).is_file():
             raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
                                     f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")

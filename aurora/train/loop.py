@@ -30,10 +30,11 @@ from omegaconf import OmegaConf
 from aurora.config import TrainConfig, to_yaml
 from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
-from aurora.distributed import DistEnv, all_reduce_sum, barrier
+from aurora.distributed import DistEnv, all_reduce_named, all_reduce_sum, barrier
 from aurora.distributed.hierarchical import HierarchicalSync
 from aurora.distributed.mesh import REPLICATE, SHARD
 from aurora.engines import Engine, build_engine
+from aurora.engines.capabilities import check_resume
 from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
 from aurora.train import faults
 from aurora.runs import step_dirname
@@ -61,6 +62,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 
 PADDED_UNITS = "_padded_units"
+
+# Fields of a part's one all-reduce per step (``all_reduce_named``): its loss, whether any rank's
+# loss was non-finite, whether any rank was asked to stop (main part), the recipe's metrics and
+# the work counted for throughput (main part).
+_LOSS, _NONFINITE, _STOP, _METRIC, _WORK = "loss", "nonfinite", "stop", "metric/", "work/"
 
 
 def _padded_units(batch: dict) -> float:
@@ -175,6 +181,7 @@ class Trainer:
                                       native=lambda path: self.engine.save_native(self.model, path))
 
     def resume(self, path: Path) -> None:
+        check_resume(self.cfg.engine, self.checkpointer.saved_world(path), self.env.world_size, path)
         app_state = self._app_state()
         rank_state, shared = self.checkpointer.load(path, app_state)
         for part in self.parts:
@@ -227,11 +234,13 @@ class Trainer:
         total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
         batches = [batch_to_device(batch, self.env.device) for batch in batches]
         carries = [{} for _ in batches]
-        out, all_applied = {}, True
+        out, all_applied, totals = {}, True, {}
         for part in self.parts:
-            applied, part_metrics, totals = self._step_part(part, batches, units, total_units, carries, items)
+            applied, part_metrics, work = self._step_part(part, batches, units, total_units, carries, items)
             all_applied = all_applied and applied
             out.update(part_metrics)
+            if part.name == MAIN_PART:
+                totals = work
         if all_applied:
             self.bad_streak = 0
         else:
@@ -261,7 +270,8 @@ class Trainer:
     def _step_part(self, part: TrainedPart, batches: list[dict], units: list[float], total_units: float,
                    carries: list[dict], items: Counter) -> tuple[bool, dict[str, float], dict[str, float]]:
         """Forward/backward of every micro-batch for one part, then its update. Returns whether
-        it was applied, its metrics, and (main part only) the step's work totals over ranks."""
+        it was applied, its metrics, and the step's work totals over ranks (the main part's
+        collective carries them; empty for the others)."""
         accum = len(batches)
         is_main = part.name == MAIN_PART
         if len(self.parts) > 1:
@@ -284,23 +294,23 @@ class Trainer:
                 metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
 
         # One collective for the skip decision, the stop request and every logged number.
-        names = sorted(metric_sums)
-        item_names = sorted(items) if is_main else []
-        stop = float(self.preemption.requested) if is_main else 0.0
-        flags = torch.tensor([float(not torch.isfinite(loss_sum)), stop], device=self.env.device)
-        local = torch.stack([loss_sum / total_units, *flags, *(metric_sums[n] / accum for n in names),
-                             *(torch.tensor(float(items[n]), device=self.env.device) for n in item_names)])
-        summed = all_reduce_sum(local).tolist()
+        local = {_LOSS: loss_sum / total_units, _NONFINITE: float(not torch.isfinite(loss_sum)),
+                 **{_METRIC + name: value / accum for name, value in metric_sums.items()}}
         if is_main:
-            self.stop_requested = summed[2] > 0
-        applied, grad_norm = part.engine.apply_step(part.model, part.optimizer, update=summed[1] == 0)
+            local[_STOP] = float(self.preemption.requested)
+            local.update({_WORK + name: float(n) for name, n in items.items()})
+        summed = all_reduce_named(local, self.env.device)
+        if is_main:
+            self.stop_requested = summed[_STOP] > 0
+        applied, grad_norm = part.engine.apply_step(part.model, part.optimizer, update=summed[_NONFINITE] == 0)
         lr = part.scheduler.get_last_lr()[0]
         part.scheduler.step()
-        out = {part.prefixed("loss"): summed[0], part.prefixed("lr"): lr,
+        out = {part.prefixed("loss"): summed[_LOSS], part.prefixed("lr"): lr,
                part.prefixed("grad_norm"): grad_norm.item()}
-        for i, name in enumerate(names):
-            out[name] = summed[3 + i] / self.env.world_size
-        return applied, out, dict(zip(item_names, summed[3 + len(names):]))
+        out.update({name.removeprefix(_METRIC): value / self.env.world_size
+                    for name, value in summed.items() if name.startswith(_METRIC)})
+        work = {name.removeprefix(_WORK): value for name, value in summed.items() if name.startswith(_WORK)}
+        return applied, out, work
 
     def _record_keys(self, keys: list[str]) -> None:
         with self.nonfatal("sample_keys"):

@@ -50,7 +50,7 @@ from data_prep.synth_tokens import write_token_shards
 ENGINES = {
     "ddp": ["engine.name=ddp"],
     "fsdp": ["engine.name=fsdp"],
-    **{f"zero{s}": ["engine.name=deepspeed", f"engine.zero_stage={s}"] for s in (1, 2, 3)},
+    **{f"zero{s}": ["engine.name=deepspeed", f"engine.deepspeed.zero_stage={s}"] for s in (1, 2, 3)},
 }
 VARIANTS = {"ac": ["engine.activation_checkpointing=true"], "compile": ["engine.compile=true"]}
 

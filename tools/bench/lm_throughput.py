@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per loop and block")
     parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per loop")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per loop first (>= 1)")
-    parser.add_argument("overrides", nargs="*", help="aurora config overrides, key=value (e.g. engine.zero_stage=3)")
+    parser.add_argument("overrides", nargs="*", help="aurora config overrides, key=value (e.g. engine.deepspeed.zero_stage=3)")
     args = parser.parse_args(argv)
     if min(args.seq, args.batch, args.steps, args.blocks, args.warmup) < 1:
         parser.error("--seq, --batch, --steps, --blocks and --warmup must be >= 1")

@@ -101,11 +101,11 @@ def _calls(c: Collective, profile: ModelProfile, element_bytes: int) -> int:
     if c.issued_per == "unit":
         return profile.units + 1
     if c.issued_per == "ddp_bucket":
-        return max(1, math.ceil(c.numel * element_bytes / (e.bucket_cap_mb * 2**20)))
+        return max(1, math.ceil(c.numel * element_bytes / (e.ddp.bucket_cap_mb * 2**20)))
     if c.issued_per == "ds_reduce_bucket":
-        return max(1, math.ceil(c.numel / e.reduce_bucket_size))
+        return max(1, math.ceil(c.numel / e.deepspeed.reduce_bucket_size))
     if c.issued_per == "ds_gather_bucket":
-        return max(1, math.ceil(c.numel / e.allgather_bucket_size))
+        return max(1, math.ceil(c.numel / e.deepspeed.allgather_bucket_size))
     return 1
 
 
