@@ -1,17 +1,57 @@
-"""Shared fixtures: small shard sets built by the real data_prep tools, and a torchrun runner."""
+"""Shared fixtures: seeding, the shard sets, the worker pools and the runs several tests read.
 
-import json
-import os
-import subprocess
-import sys
+The tree mirrors the package and says how a test runs, by marker:
+
+- ``tests/unit/``: one process, in this one (``-m unit``; ``make test-fast``);
+- ``tests/dist/``: several ranks, in the session's persistent gloo worker pools (``-m dist``);
+- ``tests/e2e/``: real launches (torchrun, launch/torchrun.sh, the demo script), where the
+  launcher is what is tested (``-m e2e``).
+
+They run in that order (unit tests first: the quickest feedback), and runs that several tests
+read are made once (``lm_straight``, ``codec_run``). The shared codec run, one process, is
+started at the beginning of the session on ``pool1`` and trains on the core the unit tests
+leave free.
+"""
+
 from pathlib import Path
 
 import pytest
 import torch
 
-from data_prep.synth_tokens import write_token_shards
+from tests.helpers.pool import WorkerPool
+from tests.helpers.runs import STRAIGHT_STEPS, cli, codec_run_args, lm_train_args
+from tests.helpers.shards import make_audio_shards, make_token_shards
+from tests.helpers.tokens import BATCH as TOKENIZE_BATCHING, make_codec
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+_NEEDS_CODEC_RUN = pytest.StashKey[bool]()
+MARKERS = {"unit": "one process, in the test process", "dist": "several ranks, in the session's worker pools",
+           "e2e": "real launches: torchrun, launch/torchrun.sh, the demo"}
+
+
+def pytest_configure(config):
+    for name, what in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {what}")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Collect tests/dist, which pytest's default ``norecursedirs`` (made for build output) skips."""
+    if collection_path == TESTS / "dist":
+        return False
+    return None
+
+
+def _kind(item) -> str:
+    return Path(item.fspath).relative_to(TESTS).parts[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    order = list(MARKERS)
+    for item in items:
+        if _kind(item) in MARKERS:
+            item.add_marker(_kind(item))
+    items.sort(key=lambda item: order.index(_kind(item)) if _kind(item) in order else len(order))
+    config.stash[_NEEDS_CODEC_RUN] = any("codec_run" in item.fixturenames for item in items)
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +70,16 @@ def seeded(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test models are tiny: a second thread only adds synchronisation, which costs tens of
+    seconds when other processes (pool workers, launched jobs) keep the cores busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def world_of_one():
     """A one-rank gloo process group in this process, for code that issues collectives."""
@@ -42,81 +92,87 @@ def world_of_one():
     dist.destroy_process_group()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test models are tiny: a second thread only adds synchronisation, which costs tens of
-    seconds when other processes (torchrun workers) keep the cores busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
+# -- data ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def audio_shards(tmp_path_factory) -> Path:
     """24 synthetic clips (16 kHz) in 3 shards of 8."""
-    from data_prep import make_shards, synth
-
-    root = tmp_path_factory.mktemp("audio")
-    synth.main(["--out", str(root / "corpus"), "--num-clips", "24", "--min-seconds", "0.6", "--max-seconds", "1.2"])
-    make_shards.main(["--manifest", str(root / "corpus" / "metadata.jsonl"), "--out", str(root / "shards"),
-                      "--samples-per-shard", "8"])
-    return root / "shards"
+    return make_audio_shards(tmp_path_factory.mktemp("audio"))
 
 
 @pytest.fixture(scope="session")
 def token_shards(tmp_path_factory) -> Path:
-    return write_token_shards(tmp_path_factory.mktemp("tokens") / "shards")
+    """32 random token clips in 4 shards of 8."""
+    return make_token_shards(tmp_path_factory.mktemp("tokens"))
 
 
-def run_cmd(args: list[str], nproc: int = 0, env: dict | None = None, check: bool = True,
-            timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m ...args`` (under torchrun with ``nproc`` processes when nproc > 0)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    prefix = [sys.executable]
-    if nproc:
-        prefix += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    result = subprocess.run(prefix + args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"command failed ({result.returncode}): {' '.join(args)}\n"
-                             f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}")
-    return result
+@pytest.fixture(scope="session")
+def codec_dir(tmp_path_factory) -> Path:
+    """A random tiny codec, exported (``tests.helpers.tokens.make_codec``)."""
+    return make_codec(tmp_path_factory.mktemp("codec") / "codec")
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+@pytest.fixture(scope="session")
+def tokens(audio_shards, codec_dir, tmp_path_factory) -> Path:
+    """``audio_shards`` tokenized by ``codec_dir`` in one uninterrupted single-process run."""
+    from data_prep import tokenize
+
+    out = tmp_path_factory.mktemp("tokens") / "tokens"
+    tokenize.main(["--shards", str(audio_shards), "--codec", str(codec_dir), "--out", str(out), *TOKENIZE_BATCHING])
+    return out
 
 
-def free_port() -> int:
-    import socket
+# -- worker pools -------------------------------------------------------------------------------
+def _pool(*args, **kwargs):
+    pool = WorkerPool(*args, **kwargs)
+    yield pool
+    pool.close()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+@pytest.fixture(scope="session")
+def pool1():
+    """One bare process (no launcher variables), for single-process references."""
+    yield from _pool(1, launcher_env=False)
 
 
-def run_nodes(args: list[str], nodes: int = 2, nproc_per_node: int = 2, env: dict | None = None,
-              timeout: int = 300) -> list[subprocess.CompletedProcess]:
-    """Run ``python ...args`` as a multi-node job without a cluster: one torchrun agent per
-    "node" on this machine, joined by c10d rendezvous on localhost (the first agent hosts its
-    store). Each agent's workers get that node's GROUP_RANK and LOCAL_WORLD_SIZE, as on a cluster."""
-    import time
+@pytest.fixture(scope="session")
+def pool2():
+    """Two ranks on one node, as ``torchrun --nproc-per-node 2`` starts them."""
+    yield from _pool(2)
 
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-                "--nproc-per-node", str(nproc_per_node), "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", f"nodes{os.getpid()}"]
-    agents = []
-    for _ in range(nodes):
-        agents.append(subprocess.Popen(launcher + args, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True))
-        time.sleep(1.0)  # the first agent must be up to host the rendezvous store
-    results = []
-    for agent in agents:
-        out, err = agent.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(agent.args, agent.returncode, out, err))
-    for node, result in enumerate(results):
-        if result.returncode != 0:
-            raise AssertionError(f"node {node} failed ({result.returncode}): {' '.join(args)}\n"
-                                 f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}")
-    return results
+
+@pytest.fixture(scope="session")
+def pool2x2():
+    """Four ranks as two nodes of two (ranks 0-1 node 0, ranks 2-3 node 1)."""
+    yield from _pool(4, ranks_per_node=2)
+
+
+# -- shared runs --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def lm_straight(tmp_path_factory, token_shards, pool2) -> Path:
+    """The uninterrupted run that resumed, restarted and faulted runs are compared with: the
+    small LM (``LM_SMALL``), 8 steps on 2 ranks under FSDP (its config's engine), a checkpoint
+    every 2 steps."""
+    run_dir = tmp_path_factory.mktemp("lm_straight")
+    args = lm_train_args(run_dir, token_shards, STRAIGHT_STEPS, "trainer.checkpoint_every=2")
+    assert [r.value for r in pool2.run(cli, *args)] == [0, 0]
+    return run_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _codec_run_started(request, tmp_path_factory, audio_shards):
+    """Starts the shared codec run at the beginning of the session, if a selected test reads it."""
+    if not request.config.stash.get(_NEEDS_CODEC_RUN, False):
+        return None
+    run_dir = tmp_path_factory.mktemp("codec_run") / "run"
+    pool = request.getfixturevalue("pool1")
+    return run_dir, pool.submit(cli, *codec_run_args(run_dir, audio_shards), timeout=1200)
+
+
+@pytest.fixture(scope="session")
+def codec_run(_codec_run_started) -> Path:
+    """The short GAN codec run (``tests.helpers.runs.codec_run_args``): 150 steps, evaluated at
+    its last step."""
+    run_dir, task = _codec_run_started
+    [result] = task.wait()
+    assert result.value == 0, result.output[-3000:]
+    return run_dir

@@ -9,9 +9,14 @@ SHARDS is a directory holding ``manifest.json`` (as written by ``data_prep.make_
 ``DIR/shard-{000000..000009}.tar``. Every member of every shard is read and checked:
 
 - the tar reads to its end (a truncated or corrupt tar is reported with where it failed);
-- audio shards: ``KEY.flac`` decodes completely (soundfile) and is not empty; token shards:
-  ``KEY.codes.npy`` loads as int16 ``[n_q, T]`` (n_q and the code range from the manifest);
-- ``KEY.json`` is a JSON object whose ``text``, when present, is a string;
+- each sample is checked with the training loader's own rules (aurora.data.members, .audio,
+  .tokens): a problem whose kind is a skip reason (aurora.data.skips) is a sample the loader
+  skips for that reason, and the loader uses every other sample. The rules: the members are
+  there; ``KEY.json`` is a JSON object whose ``text``, when present, is a string and whose
+  ``duration`` and ``frames``, when present, are positive numbers; audio: ``KEY.flac`` has
+  samples and every one decodes (the loader decodes only its crops, so it skips a clip damaged
+  elsewhere only in the epochs whose crop meets the damage); tokens: ``KEY.codes.npy`` loads as
+  int16 ``[n_q, T]``, T > 0, codes in ``[0, codebook_size)`` (n_q, codebook_size: the manifest's);
 - the json's ``duration`` (and ``sample_rate``, ``channels``, ``frames``, ``frame_rate``)
   match the decoded member, to within one frame or 1 ms;
 - each shard holds as many samples (and seconds) as manifest.json lists; keys are unique.
@@ -30,9 +35,7 @@ Exit status: 0 when no problem was found, 1 when some were, 2 for a bad argument
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import multiprocessing
 import os
 import sys
@@ -41,14 +44,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
+from aurora.data.audio import check_flac, open_flac, read_frames
 from aurora.data.config import DataError
 from aurora.data.manifest import MANIFEST_NAME, read_manifest, resolve_shards
-from aurora.data.members import require_members
+from aurora.data.members import caption, is_finite_number, is_positive_number, metadata, require_members
+from aurora.data.skips import READ_ERROR, BadSample
 from aurora.data.tars import read_shard
-from aurora.data.skips import BAD_JSON, DECODE_ERROR, EMPTY_AUDIO, EMPTY_CODES, READ_ERROR, BadSample
+from aurora.data.tokens import load_codes
 
 PROG = "python -m tools.inspect_shards"
 SHARDS_HELP = (f"a shard directory holding {MANIFEST_NAME} (made by `python -m data_prep.make_shards`) "
@@ -58,7 +62,8 @@ SHARDS_HELP = (f"a shard directory holding {MANIFEST_NAME} (made by `python -m d
 DURATION_MISMATCH = "duration_mismatch"
 """The json's duration (or frames) disagrees with the decoded audio (or codes)."""
 METADATA_MISMATCH = "metadata_mismatch"
-"""The json's sample_rate / channels / frame_rate, or the manifest's, disagree with the member."""
+"""The json's sample_rate / channels / frame_rate, or the manifest's, disagree with the member,
+or a token sample has no usable frame rate."""
 COUNT_MISMATCH = "count_mismatch"
 """A shard holds another number of samples than manifest.json lists."""
 SECONDS_MISMATCH = "seconds_mismatch"
@@ -105,8 +110,9 @@ class Expect:
 @dataclass
 class SampleInfo:
     """The decoded facts of one usable sample."""
-    seconds: float
-    rate: float
+    seconds: float | None
+    """None: unknown (token samples without a frame rate)."""
+    rate: float | None
     """Sample rate (audio) or frame rate (tokens)."""
     channels: int
     """Channels (audio) or codebooks (tokens)."""
@@ -117,6 +123,7 @@ class SampleInfo:
 class ShardResult:
     name: str
     samples: int = 0
+    usable: int = 0
     keys: list[str] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     rates: Counter = field(default_factory=Counter)
@@ -127,48 +134,14 @@ class ShardResult:
 
 
 # -- one sample ----------------------------------------------------------------------------------
-def read_meta(sample: dict) -> dict:
-    """The ``.json`` member as a dict; BadSample(bad_json) unless it is an object with a string
-    ``text`` (when present) and numeric ``duration`` (when present)."""
-    key = sample["__key__"]
-    try:
-        meta = json.loads(sample["json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exn:
-        raise BadSample(BAD_JSON, f"{key}.json: {exn}") from None
-    if not isinstance(meta, dict):
-        raise BadSample(BAD_JSON, f"{key}.json holds a {type(meta).__name__}, not an object")
-    if not isinstance(meta.get("text", ""), str):
-        raise BadSample(BAD_JSON, f"{key}.json: 'text' is {meta['text']!r}, not a string")
-    if "duration" in meta and not _is_number(meta["duration"]):
-        raise BadSample(BAD_JSON, f"{key}.json: 'duration' is {meta['duration']!r}, not a number")
-    return meta
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def decode_flac(data: bytes, key: str) -> tuple[int, int, int]:
-    """``(frames, sample_rate, channels)`` of a FLAC member, decoding all of it."""
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, channels, frames = f.samplerate, f.channels, f.frames
-            decoded = sum(len(block) for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True))
-    except (RuntimeError, ValueError, TypeError, EOFError) as exn:
-        raise BadSample(DECODE_ERROR, f"{key}.flac: {getattr(exn, 'error_string', exn)}") from None
-    if frames == 0:
-        raise BadSample(EMPTY_AUDIO, f"{key}.flac has no samples")
-    if decoded < frames:
-        raise BadSample(DECODE_ERROR, f"{key}.flac: decoded {decoded} of {frames} frames (corrupt?)")
-    return frames, rate, channels
-
-
+# Whether a sample is usable is decided by the loader's own rules (aurora.data.members, .audio,
+# .tokens), in the loader's order, so a problem here is a skip there with the same reason. What
+# follows them here only compares the json and the manifest with what the members hold.
 def check_audio(sample: dict, expect: Expect) -> tuple[SampleInfo, list[tuple[str, str]]]:
     """Verify a ``KEY.flac`` + ``KEY.json`` sample: its facts and its non-fatal problems."""
     require_members(sample, "flac", "json")
-    meta = read_meta(sample)
-    key = sample["__key__"]
-    frames, rate, channels = decode_flac(sample["flac"], key)
+    meta = metadata(sample)
+    frames, rate, channels = check_flac(sample)
     seconds = frames / rate
     issues = []
     if "duration" in meta and abs(meta["duration"] - seconds) > max(1.0 / rate, DURATION_TOLERANCE_S):
@@ -183,43 +156,38 @@ def check_audio(sample: dict, expect: Expect) -> tuple[SampleInfo, list[tuple[st
     return SampleInfo(seconds, rate, channels, meta.get("text", "")), issues
 
 
-def load_codes(data: bytes, key: str, expect: Expect) -> np.ndarray:
-    """The int16 ``[n_q, T]`` codes of a ``.codes.npy`` member."""
-    try:
-        codes = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exn:
-        raise BadSample(DECODE_ERROR, f"{key}.codes.npy: {exn}") from None
-    if codes.dtype != np.int16 or codes.ndim != 2 or codes.shape[0] != (expect.n_q or codes.shape[0]):
-        want = f"int16 [n_q={expect.n_q}, T]" if expect.n_q else "int16 [n_q, T]"
-        raise BadSample(DECODE_ERROR, f"{key}.codes.npy is {codes.dtype} {list(codes.shape)}; expected {want}")
-    if codes.shape[1] == 0:
-        raise BadSample(EMPTY_CODES, f"{key}.codes.npy has no frames")
-    if codes.min() < 0 or (expect.codebook_size and codes.max() >= expect.codebook_size):
-        raise BadSample(DECODE_ERROR, f"{key}.codes.npy holds codes in [{codes.min()}, {codes.max()}], "
-                                      f"outside [0, {expect.codebook_size or 'codebook_size'})")
-    return codes
-
-
 def check_tokens(sample: dict, expect: Expect) -> tuple[SampleInfo, list[tuple[str, str]]]:
     """Verify a ``KEY.codes.npy`` + ``KEY.json`` sample: its facts and its non-fatal problems."""
     require_members(sample, "codes.npy", "json")
-    meta = read_meta(sample)
-    n_q, frames = load_codes(sample["codes.npy"], sample["__key__"], expect).shape
-    issues = []
-    frame_rate = meta.get("frame_rate", expect.frame_rate)
-    if not _is_number(frame_rate) or frame_rate <= 0:
-        raise BadSample(BAD_JSON, f"{sample['__key__']}.json: no usable 'frame_rate' ({frame_rate!r}), "
-                                  f"nor one in {MANIFEST_NAME}")
-    if expect.frame_rate is not None and frame_rate != expect.frame_rate:
-        issues.append((METADATA_MISMATCH, f"json frame_rate {frame_rate}, {MANIFEST_NAME} says {expect.frame_rate}"))
+    meta = metadata(sample)
+    n_q, frames = load_codes(sample, expect.n_q, expect.codebook_size).shape
+    frame_rate, issues = token_frame_rate(meta, expect)
     if meta.get("frames", frames) != frames:
         issues.append((DURATION_MISMATCH, f"json frames {meta['frames']}, the codes have {frames}"))
+    if frame_rate is None:
+        return SampleInfo(None, None, n_q, meta.get("text", "")), issues
     seconds = frames / frame_rate
     # ``duration`` is the source audio's: the codec pads it to whole frames.
     if "duration" in meta and abs(meta["duration"] - seconds) > 1.0 / frame_rate + DURATION_TOLERANCE_S:
         issues.append((DURATION_MISMATCH, f"json duration {meta['duration']:.4f} s, the codes hold "
                                           f"{seconds:.4f} s ({frames} frames at {frame_rate:g} Hz)"))
     return SampleInfo(seconds, frame_rate, n_q, meta.get("text", "")), issues
+
+
+def token_frame_rate(meta: dict, expect: Expect) -> tuple[float | None, list[tuple[str, str]]]:
+    """The frame rate to measure a token sample by (the manifest's, which the loader uses, else
+    the json's) and where the two disagree. The loader reads no frame rate from the json, so a
+    bad or missing one is a metadata problem, not a reason to skip the sample."""
+    rate = meta.get("frame_rate")
+    if rate is not None and not is_positive_number(rate):
+        return expect.frame_rate, [(METADATA_MISMATCH, f"json frame_rate {rate!r} is not a positive number")]
+    if rate is None and expect.frame_rate is None:
+        return None, [(METADATA_MISMATCH, f"no frame_rate in the json nor in {MANIFEST_NAME}: the sample's "
+                                          f"seconds are unknown (re-create the shards with data_prep.tokenize)")]
+    if rate is not None and expect.frame_rate is not None and rate != expect.frame_rate:
+        return expect.frame_rate, [(METADATA_MISMATCH, f"json frame_rate {rate}, {MANIFEST_NAME} says "
+                                                       f"{expect.frame_rate}")]
+    return expect.frame_rate or rate, []
 
 
 CHECKS = {"audio": check_audio, "tokens": check_tokens}
@@ -251,8 +219,10 @@ def verify_shard(url: str, expect: Expect, listed: dict | None) -> ShardResult:
             result.problems.append(Problem(bad.reason, result.name, key, bad.detail))
             continue
         result.problems += [Problem(kind, result.name, key, detail) for kind, detail in issues]
-        result.seconds.append(info.seconds)
-        result.rates[info.rate] += 1
+        result.usable += 1
+        if info.seconds is not None:
+            result.seconds.append(info.seconds)
+            result.rates[info.rate] += 1
         result.channels[info.channels] += 1
         result.text_chars.append(len(info.text))
     result.problems += manifest_problems(result, listed)
@@ -269,7 +239,7 @@ def manifest_problems(result: ShardResult, listed: dict | None) -> list[Problem]
         return [Problem(COUNT_MISMATCH, result.name, None, f"the tar holds {result.samples} samples, "
                                                            f"{MANIFEST_NAME} lists {listed['samples']}{hint}")]
     seconds, expected = sum(result.seconds), listed.get("seconds")
-    if (_is_number(expected) and len(result.seconds) == result.samples
+    if (is_finite_number(expected) and len(result.seconds) == result.samples
             and abs(seconds - expected) > 5e-4 + DURATION_TOLERANCE_S * result.samples):
         return [Problem(SECONDS_MISMATCH, result.name, None,
                         f"the samples last {seconds:.3f} s, {MANIFEST_NAME} lists {expected:.3f} s")]
@@ -405,7 +375,7 @@ def build_report(spec: str, manifest: dict | None, kind: str, results: list[Shar
         "kind": kind,
         "num_shards": len(results),
         "samples": sum(result.samples for result in results),
-        "usable_samples": len(seconds),
+        "usable_samples": sum(result.usable for result in results),
         "hours": sum(seconds) / 3600.0,
         "seconds": summary(seconds),
         "manifest": manifest_totals(spec, manifest, results),
@@ -497,9 +467,10 @@ def plot(urls: list[str], expect: Expect, key: str | None, index: int | None, pn
     sample = find_sample(urls, key, index)
     try:
         require_members(sample, "flac", "json")
-        text = read_meta(sample).get("text", "")
-        audio, rate = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
-    except (BadSample, RuntimeError, ValueError) as exn:
+        text = caption(sample)
+        with open_flac(sample) as f:
+            audio, rate = read_frames(f, sample["__key__"], 0, f.frames), f.samplerate
+    except BadSample as exn:
         raise UsageError(f"cannot plot {sample['__key__']}: {exn}") from None
     return str(plot_sample(audio, rate, sample["__key__"], text, png))
 

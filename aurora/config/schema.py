@@ -1,6 +1,6 @@
 """The parts of a training config shared by every recipe.
 
-Each recipe (``aurora/tasks/<name>.py``) subclasses :class:`TrainConfig` and adds its own
+Each recipe (a module or package in ``aurora/tasks/``) subclasses :class:`TrainConfig` and adds its own
 ``model`` (and loss) sections. Fields carry a docstring each: it is the reference for users.
 """
 

@@ -78,30 +78,31 @@ Bad data
 DALI declares the pipeline invalid (the whole batch is lost). So an undecodable or empty FLAC
 stops training with a DataError. To name the culprit, the loader rebuilds the pipeline from
 the failed one's checkpoint with the decoder replaced by a constant, reads the same batch's
-``source_info`` (``"<tar>:<offset>:<member>"``), and decodes those members with soundfile.
+``source_info`` (``"<tar>:<offset>:<member>"``), and checks those members with the native
+loader's rule (``aurora.data.audio.check_flac``, which decodes them with soundfile).
 Fix or drop the sample (``data_prep.make_shards`` skips such clips), or train with
 ``data.backend=native``, which skips and counts bad samples. A tar whose index has a member
 ending past the end of the file (a truncated tar) is refused at start-up, naming the shard;
-one holding fewer usable samples than manifest.json lists is logged. A ``.json`` that is not
-a JSON object with a string ``text`` does not stop anything: the example keeps an empty
-caption and is counted under ``batch["skipped"]["bad_json"]`` (DALI cannot drop a sample
-once read).
+one holding fewer usable samples than manifest.json lists is logged. A ``.json`` that breaks
+the native loader's rule (``aurora.data.members.metadata``: not a JSON object, a ``text`` that
+is not a string, a ``duration`` or ``frames`` that is not a positive number) does not stop
+anything: the example keeps an empty caption and is counted under
+``batch["skipped"]["bad_json"]`` (DALI cannot drop a sample once read).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
 import tarfile
 from typing import Iterator
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from aurora.data.audio import check_flac
 from aurora.data.config import DataConfig, DataError
 from aurora.data.members import caption
 from aurora.data.skips import BadSample, SkipCounter
@@ -298,7 +299,7 @@ class DaliLoader:
                          f"[{reason}]: {advice}")
 
     def _find_undecodable(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]]:
-        """The failed batch's members that soundfile cannot decode either, and all its members."""
+        """The failed batch's members that the native loader's rule refuses too, and all its members."""
         try:
             twin = self._build(self._pipe.checkpoint(), diagnose=True)
             info = twin.run()[3]
@@ -315,7 +316,7 @@ class DaliLoader:
             try:
                 with tarfile.open(shard) as tar:
                     for member in dict.fromkeys(members):
-                        why = _undecodable(tar.extractfile(member).read())
+                        why = _undecodable(member, tar.extractfile(member).read())
                         if why:
                             bad.append((shard, member, why))
             except (OSError, tarfile.TarError, KeyError, AttributeError) as exn:
@@ -391,15 +392,13 @@ def _member_key(member: str) -> str:
     return member if dot < 0 else member[:dot]
 
 
-def _undecodable(data: bytes) -> str:
-    """Why soundfile cannot decode ``data`` ("" when it can)."""
+def _undecodable(member: str, data: bytes) -> str:
+    """Why the FLAC tar member ``member`` holding ``data`` breaks the native loader's rules
+    (aurora.data.audio.check_flac), or "" when it does not."""
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.frames == 0:
-                return "no samples"
-            f.read(dtype="float32")
-    except (RuntimeError, ValueError) as exn:
-        return str(getattr(exn, "error_string", exn))
+        check_flac({"__key__": _member_key(member), "flac": data})
+    except BadSample as bad:
+        return bad.detail
     return ""
 
 

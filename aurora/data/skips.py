@@ -15,9 +15,11 @@ READ_ERROR = "read_error"
 MISSING_MEMBER = "missing_member"
 """A sample lacks a member it needs (e.g. a ``.json`` without its ``.flac``)."""
 BAD_JSON = "bad_json"
-"""The ``.json`` member is not a UTF-8 JSON object with a string ``text``."""
+"""The ``.json`` member is not a UTF-8 JSON object with a string ``text`` and positive numbers
+for ``duration`` / ``frames`` (aurora.data.members.metadata)."""
 DECODE_ERROR = "decode_error"
-"""The audio (or codes) member cannot be decoded, or has the wrong shape."""
+"""The audio member does not decode (aurora.data.audio), or the codes member does not load as
+int16 ``[n_q, T]`` with codes in ``[0, codebook_size)`` (aurora.data.tokens.load_codes)."""
 EMPTY_AUDIO = "empty_audio"
 """The audio member decodes to zero samples."""
 EMPTY_CODES = "empty_codes"

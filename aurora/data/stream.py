@@ -383,7 +383,8 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
         if dynamic and not isinstance(frame_rate, (int, float)):
             raise DataError(f"data.batching=dynamic measures token examples in seconds, but {cfg.shards!r}'s "
                             f"manifest has no frame_rate: re-create the token shards with data_prep.tokenize")
-        examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic)
+        examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
+                                 codebook_size=manifest.get("codebook_size"))
         longest = cfg.context_frames / frame_rate if dynamic else 0.0
     buckets = DurationBuckets(longest, cfg.max_seconds_per_batch, cfg.bucket_width) if dynamic else None
     plan = EpochPlan(counts, seed, readers)

@@ -1,5 +1,6 @@
 """Token examples: decode a ``KEY.codes.npy`` (int16 ``[n_q, T]``) + ``KEY.json`` sample,
-crop or pad to a fixed number of frames, and batch."""
+crop or pad to a fixed number of frames, and batch; and the rules for a usable codes member
+(``load_codes``)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,53 @@ from typing import Callable
 import numpy as np
 import torch
 
-from aurora.data.members import caption, metadata, positive_number, require_members
+from aurora.data.members import caption, metadata, require_members
 from aurora.data.skips import DECODE_ERROR, EMPTY_CODES, BadSample
+
+_RETOKENIZE = "re-create the token shard with data_prep.tokenize"
+
+
+def load_codes(sample: dict, n_q: int | None, codebook_size: int | None) -> np.ndarray:
+    """The sample's codes, int16 ``[n_q, T]`` with T > 0 and every code in ``[0, codebook_size)``
+    (``n_q``, ``codebook_size``: the manifest's; None leaves that unchecked); BadSample
+    (missing_member, decode_error, empty_codes) otherwise."""
+    require_members(sample, "codes.npy")
+    name = f"{sample['__key__']}.codes.npy"
+    try:
+        codes = np.load(io.BytesIO(sample["codes.npy"]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exn:
+        raise _load_error(name, exn) from None
+    # The format is int16, what every writer writes: another dtype is refused, not converted,
+    # so that a foreign or broken writer shows up.
+    if codes.dtype != np.int16 or codes.ndim != 2 or (n_q is not None and codes.shape[0] != n_q):
+        want = f"int16 [n_q={n_q}, T]" if n_q is not None else "int16 [n_q, T]"
+        raise BadSample(DECODE_ERROR, f"{name} is {codes.dtype} {list(codes.shape)}, not {want}: {_RETOKENIZE}")
+    if codes.shape[1] == 0:
+        raise BadSample(EMPTY_CODES, f"{name} has no frames: drop the sample from the shard")
+    # An out-of-range code would index past the model's embeddings (on a GPU: a device-side assert).
+    if codes.min() < 0 or (codebook_size is not None and codes.max() >= codebook_size):
+        raise BadSample(DECODE_ERROR, f"{name} holds codes in [{codes.min()}, {codes.max()}], outside "
+                                      f"[0, {codebook_size if codebook_size is not None else 'codebook_size'}): "
+                                      f"{_RETOKENIZE} with the codec its manifest names")
+    return codes
+
+
+def _load_error(name: str, exn: Exception) -> BadSample:
+    return BadSample(DECODE_ERROR, f"{name} does not load ({exn}): {_RETOKENIZE}")
 
 
 class TokenExamples:
     """Turns raw token samples into ``context_frames``-long code examples and batches.
 
+    ``codebook_size`` (from the token manifest; None: unchecked) bounds the codes;
     ``frame_rate`` (frames per second, from the token manifest) lets dynamic batching measure
     examples in seconds; ``pad_to_longest`` pads a batch to its longest example.
     """
 
     def __init__(self, n_q: int, context_frames: int, frame_rate: float | None = None,
-                 pad_to_longest: bool = False):
+                 pad_to_longest: bool = False, codebook_size: int | None = None):
         self.n_q = n_q
+        self.codebook_size = codebook_size
         self.context_frames = context_frames
         self.frame_rate = frame_rate
         self.pad_to_longest = pad_to_longest
@@ -30,7 +64,7 @@ class TokenExamples:
     def seconds(self, sample: dict) -> float:
         """The length of the example ``decode`` would make, from the json's ``frames`` (or the
         .npy header), without loading the codes."""
-        frames = positive_number(metadata(sample), "frames")
+        frames = metadata(sample).get("frames")
         if frames is None:
             require_members(sample, "codes.npy")
             try:
@@ -39,7 +73,7 @@ class TokenExamples:
                 read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                 frames = read_header(stream)[0][-1]
             except (ValueError, IndexError) as exn:
-                raise BadSample(DECODE_ERROR, f"{sample['__key__']}.codes.npy: {exn}") from None
+                raise _load_error(f"{sample['__key__']}.codes.npy", exn) from None
         return min(frames, self.context_frames) / self.frame_rate
 
     def decode(self, sample: dict, crop_rng: Callable[[], np.random.Generator]) -> dict:
@@ -47,16 +81,8 @@ class TokenExamples:
         require_members(sample, "codes.npy", "json")
         text = caption(sample)
         key = sample["__key__"]
-        try:
-            codes = np.load(io.BytesIO(sample["codes.npy"]), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exn:
-            raise BadSample(DECODE_ERROR, f"{key}.codes.npy: {exn}") from None
-        if codes.ndim != 2 or codes.shape[0] != self.n_q or not np.issubdtype(codes.dtype, np.integer):
-            raise BadSample(DECODE_ERROR, f"{key}.codes.npy is {codes.dtype} {list(codes.shape)}; "
-                                          f"expected integer [n_q={self.n_q}, T]")
+        codes = load_codes(sample, self.n_q, self.codebook_size)
         frames = codes.shape[1]
-        if frames == 0:
-            raise BadSample(EMPTY_CODES, f"{key}.codes.npy has no frames")
         if frames > self.context_frames:
             start = int(crop_rng().integers(0, frames - self.context_frames + 1))
             codes = codes[:, start: start + self.context_frames]

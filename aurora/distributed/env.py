@@ -65,8 +65,13 @@ def read_launch_env() -> dict[str, int]:
     return dict(rank=0, world_size=1, local_rank=0, local_world_size=1, node_rank=0, num_nodes=1)
 
 
+_created: list[dist.ProcessGroup] = []
+"""The default process group, when ``init_distributed`` created it (``shutdown`` destroys only that)."""
+
+
 def init_distributed(cfg: DistConfig) -> DistEnv:
-    """Pick the device and backend, and join (or create) the default process group."""
+    """Pick the device and backend, and join the default process group: the one this process
+    already has (a caller that set one up, such as a test's worker pool), or a new one."""
     launch = read_launch_env()
     if torch.cuda.is_available():
         device = torch.device("cuda", launch["local_rank"] % torch.cuda.device_count())
@@ -92,6 +97,7 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
             dist.init_process_group(
                 backend, timeout=timeout, device_id=device if device.type == "cuda" else None
             )
+        _created[:] = [dist.group.WORLD]
     return DistEnv(device=device, backend=backend, **launch)
 
 
@@ -114,6 +120,24 @@ def barrier() -> None:
     dist.barrier()
 
 
+_background: dict[int, tuple[dist.ProcessGroup, dist.ProcessGroup]] = {}
+"""id of the default group -> (it, kept alive so the id stays its own; its background group)."""
+
+
+def background_group() -> dist.ProcessGroup:
+    """A gloo group over every rank for work in background threads (async checkpoint writes),
+    so its collectives never interleave with training's. Made once per default process group
+    (a collective the first time: every rank calls it at the same point)."""
+    world = dist.group.WORLD
+    if id(world) not in _background:
+        _background[id(world)] = (world, dist.new_group(backend="gloo"))
+    return _background[id(world)][1]
+
+
 def shutdown() -> None:
-    if dist.is_initialized():
+    """Destroy the default process group if ``init_distributed`` created it; one it found (a
+    caller's) is left to the caller."""
+    if dist.is_initialized() and _created and _created[0] is dist.group.WORLD:
+        _background.pop(id(dist.group.WORLD), None)
+        _created.clear()
         dist.destroy_process_group()

@@ -37,6 +37,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from aurora.distributed import DistEnv, barrier
+from aurora.distributed.env import background_group
 from aurora.runs import LATEST, SHARED_FILE, complete_checkpoints, rank_file, resolve_checkpoint, step_dirname
 from aurora.train import faults
 from aurora.train.nonfatal import NonFatal
@@ -89,8 +90,8 @@ class Checkpointer:
         self.nonfatal = nonfatal
         self.keep_last_n = keep_last_n
         self.async_save = async_save
-        # Every rank creates it now (a collective); the background writes use it alone.
-        self._async_group = dist.new_group(backend="gloo") if async_save else None
+        # Every rank joins it now (a collective the first time); the background writes use it alone.
+        self._async_group = background_group() if async_save else None
         self._pending: _Pending | None = None
 
     def latest(self) -> Path | None:

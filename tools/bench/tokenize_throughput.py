@@ -72,7 +72,7 @@ def build_clips(root: Path, args: argparse.Namespace, sample_rate: int) -> list[
             for sample in read_shard(str(root / "shards" / "shard-000000.tar"), print)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/codec/tiny.yaml"))
     parser.add_argument("--clips", type=int, default=16)
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("auto", "wall", "process"), default="auto",
                         help="process: this process's CPU time, which other load on a shared machine barely "
                              "moves (auto: on a CPU with one torch thread; else wall)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     default_budget = DEFAULT_BATCH_SECONDS[device.type]

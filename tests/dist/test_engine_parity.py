@@ -1,0 +1,195 @@
+"""Distributed runs against a single-process run of the same global batches (gloo, CPU).
+
+2-process DDP, FSDP2 and DeepSpeed ZeRO-1/2/3 must give the losses, gradient norms and final
+weights of a 1-process run (and DDP/FSDP2 its first-step gradients; DeepSpeed keeps its reduced
+gradients in its own partitions), within rtol 2e-4 / atol 2e-5: the engines only change how
+the same sums are split and reduced. Accumulated micro-batches must equal one step on the
+large batch, on every engine, and reduce gradients once per step where the engine can.
+
+The collectives each engine issued (recorded by ``aurora.perf.comm_log``) are checked against
+the scale model's prediction for the same configuration (``aurora.perf.traffic``).
+"""
+
+import pytest
+import torch
+
+from aurora.perf.traffic import collective_bytes_per_step
+from tests.helpers.comm import lm_param_counts, model_state_bytes
+from tests.helpers.steps import STEPS, engine_overrides, fixed_batch_steps
+
+
+RECIPES = {
+    "lm": ("configs/lm/tiny.yaml", ["data.context_frames=24", "model.backbone.num_hidden_layers=2",
+                                    "model.backbone.hidden_size=64", "model.backbone.intermediate_size=128"]),
+    "codec": ("configs/codec/tiny.yaml", ["data.segment_seconds=0.2"]),
+}
+
+
+def _run(pool, tmp_path, recipe: str, shards, name: str, *overrides: str) -> dict:
+    """``fixed_batch_steps`` of ``recipe`` on every rank of ``pool``; rank 0's result."""
+    config, base = RECIPES[recipe]
+    args = [f"run.dir={tmp_path / name}", f"data.shards={shards}", "trainer.progress_bar=false", *base, *overrides]
+    return pool.run(fixed_batch_steps, config, args)[0].value
+
+
+def _assert_same(ref: dict, other: dict, rtol: float, atol: float) -> None:
+    assert ref["losses"] == pytest.approx(other["losses"], rel=rtol, abs=atol)
+    norms = [[m["grad_norm"] for m in run["metrics"]] for run in (ref, other)]
+    assert norms[0] == pytest.approx(norms[1], rel=rtol, abs=atol)
+    assert not other["grads"] or ref["grads"].keys() == other["grads"].keys()
+    for name in other["grads"]:
+        torch.testing.assert_close(other["grads"][name], ref["grads"][name], rtol=rtol, atol=atol, msg=name)
+    for name in ref["params"]:
+        torch.testing.assert_close(other["params"][name], ref["params"][name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.fixture(scope="module")
+def lm_runs(tmp_path_factory, token_shards, pool1, pool2) -> dict:
+    """The tiny LM, 3 steps: one process with 1 and 4 micro-batches, and every engine on 2
+    processes with 2 micro-batches each."""
+    tmp = tmp_path_factory.mktemp("lm_runs")
+    runs = {("single", n): _run(pool1, tmp, "lm", token_shards, f"single{n}", f"trainer.grad_accum_steps={n}")
+            for n in (1, 4)}
+    for engine, overrides in engine_overrides(tmp).items():
+        runs[engine, 2] = _run(pool2, tmp, "lm", token_shards, engine, "trainer.grad_accum_steps=2", *overrides)
+    return runs
+
+
+@pytest.mark.parametrize("engine", ["single", "ddp", "fsdp", "zero1", "zero2", "zero3"])
+def test_every_engine_with_accumulation_matches_single_process_lm(lm_runs, engine):
+    """2 ranks x 2 accumulated micro-batches (1 process x 4 for "single") against one process
+    taking each step on the whole batch."""
+    single = lm_runs["single", 1]
+    assert all(torch.isfinite(torch.tensor(single["losses"])))
+    assert any(g.abs().sum() > 0 for g in single["grads"].values())
+    _assert_same(single, lm_runs[engine, 4 if engine == "single" else 2], rtol=2e-4, atol=2e-5)
+
+
+NO_DROPOUT = "model.quantizer_dropout=0"
+"""Quantizer dropout draws from each rank's own stream, so only runs without it compare exactly."""
+NO_GAN = "gan.enabled=false"
+"""The codec on reconstruction alone: one part, one optimizer."""
+GAN_SGD = [NO_DROPOUT, "optim.name=sgd", "optim.lr=1e-5", "gan.optim.name=sgd", "gan.optim.lr=1e-3"]
+"""Both models of the GAN step on SGD, with learning rates small enough for a smooth descent (the
+generator's gradient norm is ~300).
+
+AdamW divides each gradient element by its running magnitude, so for an element whose gradient is
+near AdamW's epsilon a rounding-level difference (the reduction orders differ) becomes a visible
+share of a step, and the discriminator has thousands of such elements. SGD's update is linear in
+the gradient, so the weights must agree as closely as the gradients."""
+
+
+@pytest.fixture(scope="module")
+def gan_single(tmp_path_factory, audio_shards, pool1) -> dict:
+    """The GAN codec step (``GAN_SGD``) in one process taking the whole batch."""
+    single = _run(pool1, tmp_path_factory.mktemp("gan"), "codec", audio_shards, "single", "engine.name=ddp", *GAN_SGD)
+    assert any(name.startswith("discriminator.") for name in single["params"])
+    assert all(m["discriminator/grad_norm"] > 0 for m in single["metrics"])
+    return single
+
+
+def _assert_same_gan(single: dict, run: dict) -> None:
+    """Losses, both models' gradient norms and final weights (and first-step gradients where
+    recorded) of the GAN step equal the single process's."""
+    _assert_same(single, run, rtol=2e-4, atol=2e-5)
+    disc_norms = [[m["discriminator/grad_norm"] for m in r["metrics"]] for r in (single, run)]
+    assert disc_norms[0] == pytest.approx(disc_norms[1], rel=2e-4, abs=2e-5)
+
+
+def test_gan_step_under_ddp_and_fsdp_matches_single_process(tmp_path, audio_shards, gan_single, pool2):
+    """The codec's GAN step (discriminator update, then generator update through the updated
+    discriminator) on 2 ranks equals one process taking the whole batch: losses, gradient
+    norms, first-step gradients and final weights of both models. DDP accumulates 2
+    micro-batches (each turn runs its own generator forward), FSDP takes one (the
+    discriminator's turn keeps the generator's forward for the generator's backward)."""
+    for engine, accum in (("ddp", 2), ("fsdp", 1)):
+        run = _run(pool2, tmp_path, "codec", audio_shards, engine, f"engine.name={engine}", *GAN_SGD,
+                   f"trainer.grad_accum_steps={accum}")
+        _assert_same_gan(gan_single, run)
+
+
+@pytest.mark.parametrize("engine, accum", [("zero2", 2), ("zero3", 1)])
+def test_gan_step_under_deepspeed_matches_single_process(tmp_path, audio_shards, gan_single, pool2, engine, accum):
+    """The same GAN step with one DeepSpeed engine per model: ZeRO-2 accumulates 2 micro-batches
+    (each engine marks its own accumulation boundary); under ZeRO-3 the generator's forward of
+    the discriminator's turn outlives the discriminator's step, and the generator's loss runs
+    through the discriminator's partitioned parameters (gathered by its hooks, frozen) without
+    reducing a gradient for them."""
+    run = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine], *GAN_SGD,
+               f"trainer.grad_accum_steps={accum}")
+    _assert_same_gan(gan_single, run)
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_balanced_gan_step_runs_on_two_ranks(tmp_path, audio_shards, pool2, engine):
+    """EnCodec's balancer takes gradients w.r.t. the generated audio through the discriminator
+    (autograd.grad, under DDP's inner module or FSDP2's hooks) and averages their norms over
+    ranks inside the step: it must neither hang nor leave replicas apart (the script checks)."""
+    run = _run(pool2, tmp_path, "codec", audio_shards, engine, f"engine.name={engine}", "loss.balancer=true")
+    assert all(torch.isfinite(torch.tensor(run["losses"])))
+    assert all(m["balancer/ratio_mel"] > 0 for m in run["metrics"])
+
+
+def test_deepspeed_matches_single_process_codec_without_gan(tmp_path, audio_shards, pool1, pool2):
+    single = _run(pool1, tmp_path, "codec", audio_shards, "single", "engine.name=ddp", NO_GAN, NO_DROPOUT)
+    for engine in ("zero2", "zero3"):  # ZeRO-1 differs from ZeRO-2 only in when it reduces (the LM tests check it)
+        run = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine], NO_GAN, NO_DROPOUT)
+        _assert_same(single, run, rtol=2e-4, atol=2e-5)
+
+
+GRADIENT_REDUCTION = {"ddp": "all_reduce", "fsdp": "reduce_scatter", "zero1": "all_reduce", "zero2": "all_reduce",
+                      "zero3": "reduce_scatter"}
+
+
+@pytest.mark.parametrize("engine", list(GRADIENT_REDUCTION))
+def test_accumulation_reduces_gradients_once_per_step(lm_runs, engine):
+    """ddp (no_sync), fsdp (set_requires_gradient_sync) and ZeRO-1 (DeepSpeed's boundary) reduce
+    the gradients (4 bytes per parameter) on the last of the 2 micro-batches only. ZeRO-2/3 keep
+    only a partition of the gradients, so DeepSpeed reduces every micro-batch. FSDP2 and
+    ZeRO-3 pad each parameter to a multiple of the world size (under 1% here)."""
+    params, _ = lm_param_counts(RECIPES["lm"][1])
+    reductions = 2 if engine in ("zero2", "zero3") else 1
+    for step in range(2, STEPS + 1):
+        reduced = model_state_bytes(lm_runs[engine, 2]["comm"], step, 2)[GRADIENT_REDUCTION[engine]]
+        assert reduced == pytest.approx(reductions * 4 * params, rel=0.01)
+
+
+@pytest.mark.parametrize("engine", list(GRADIENT_REDUCTION))
+def test_collective_volumes_match_the_scale_model(lm_runs, engine):
+    """What a real 2-rank run issued in steps 2-3 (step 1 also holds the script's own gathers of
+    the first step's gradients, and DDP's one-off bucket rebuild) equals
+    the model's prediction within 2%: FSDP2 and DeepSpeed pad partitions to multiples of the
+    world size, which the model leaves out."""
+    params, root = lm_param_counts(RECIPES["lm"][1])
+    for step in range(2, STEPS + 1):
+        real = model_state_bytes(lm_runs[engine, 2]["comm"], step, local_world_size=2)
+        predicted = collective_bytes_per_step(engine, params, 4, world=2, gpus_per_node=2, grad_accum=2, step=step,
+                                              root_params=root)
+        for kind, nbytes in predicted.items():
+            assert real.get(kind, 0) == pytest.approx(nbytes, rel=0.02), (step, kind, real, predicted)
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "zero2", "zero3"])
+def test_dead_code_reset_keeps_replicas_equal(tmp_path, audio_shards, pool2, engine):
+    """Codes are replaced at a step boundary with the same rows on every rank (the script
+    fails if the replicas' weights differ afterwards), through each engine's write_full: a
+    sharded DTensor, DeepSpeed's fp32 partitions (ZeRO-2) and its partitioned parameters
+    (ZeRO-3), in the GAN codec. DDP's is a plain copy on a replica."""
+    out = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine],
+               "quantizer.dead_code_every=1")
+    assert sum(m["codes_reset"] for m in out["metrics"]) > 0
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "zero3"])
+def test_activation_checkpointing_and_compile_change_no_number(tmp_path, lm_runs, token_shards, pool2, engine):
+    """Recomputing each block in backward and compiling it (torch.compile, inductor) train the
+    same model: losses, gradient norms and weights of the same engine without them."""
+    both = _run(pool2, tmp_path, "lm", token_shards, engine, "engine.activation_checkpointing=true",
+                "engine.compile=true", "trainer.grad_accum_steps=2", *engine_overrides(tmp_path)[engine])
+    _assert_same(lm_runs[engine, 2], both, rtol=2e-4, atol=2e-5)
+
+
+def test_deepspeed_runs_without_a_launcher(tmp_path, lm_runs, token_shards, pool1):
+    """One bare process (no torchrun, so no LOCAL_RANK in the environment) trains under ZeRO-3."""
+    bare = _run(pool1, tmp_path, "lm", token_shards, "zero3_bare", *engine_overrides(tmp_path)["zero3"])
+    _assert_same(lm_runs["single", 1], bare, rtol=2e-4, atol=2e-5)

@@ -1,0 +1,107 @@
+"""A run stopped and resumed ends exactly where an uninterrupted run ends, on every engine's
+checkpoints; DeepSpeed resumes ZeRO-1/2 on another world size, and refuses ZeRO-3 clearly."""
+
+import pytest
+import torch
+
+from tests.helpers.runs import (LM_SMALL_MODEL, STRAIGHT_STEPS, assert_same_weights, cli, lm_train_args, read_metrics,
+                                weights)
+from tests.helpers.steps import fixed_batch_steps
+
+
+def _train(pool, run_dir, shards, max_steps, *overrides):
+    results = pool.run(cli, *lm_train_args(run_dir, shards, max_steps, *overrides))
+    assert [r.value for r in results] == [0] * pool.world, [r.output[-2000:] for r in results]
+    return results[0].output
+
+
+def _assert_resumed_like_straight(straight, resumed) -> None:
+    assert_same_weights(weights(straight), weights(resumed))
+    m_straight, m_resumed = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in m_resumed] == list(range(1, STRAIGHT_STEPS + 1))
+    for x, y in zip(m_straight[4:], m_resumed[4:]):
+        for key in ("loss", "lr", "grad_norm", "ce_q0", "ce_q3"):
+            assert x[key] == y[key], (x["step"], key)
+    # The sample stream continued rather than restarting: steps 5-8 differ from steps 1-4.
+    assert [m["loss"] for m in m_straight[:4]] != [m["loss"] for m in m_straight[4:]]
+
+
+def test_fsdp_resume_is_bit_identical(tmp_path, token_shards, lm_straight, pool2):
+    """Stopped at step 4 and resumed to 8: the shared straight run's (FSDP) weights and metrics."""
+    resumed = tmp_path / "resumed"
+    _train(pool2, resumed, token_shards, 4)
+    assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert "resumed from" in _train(pool2, resumed, token_shards, STRAIGHT_STEPS)
+    _assert_resumed_like_straight(lm_straight, resumed)
+
+
+@pytest.mark.parametrize("engine", [["engine.name=ddp"], ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3"]],
+                         ids=["ddp", "zero3"])
+def test_resume_is_bit_identical(tmp_path, token_shards, pool2, engine):
+    """DeepSpeed's checkpoint goes through its own save/load; ``weights`` merges its ZeRO-3
+    partitions into the plain model."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(pool2, straight, token_shards, STRAIGHT_STEPS, *engine)
+    _train(pool2, resumed, token_shards, 4, *engine)
+    assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert "resumed from" in _train(pool2, resumed, token_shards, STRAIGHT_STEPS, *engine)
+    _assert_resumed_like_straight(straight, resumed)
+
+
+def _steps_from(pool, checkpoint, run_dir, shards, *overrides) -> dict:
+    """``fixed_batch_steps`` (3 steps on fixed global batches) from ``checkpoint``."""
+    args = [f"run.dir={run_dir}", f"data.shards={shards}", *LM_SMALL_MODEL, "trainer.progress_bar=false", *overrides]
+    return pool.run(fixed_batch_steps, "configs/lm/tiny.yaml", args, resume=checkpoint)[0].value
+
+
+def test_deepspeed_resumes_on_another_world_size_through_the_universal_format(tmp_path, token_shards, pool1, pool2):
+    """A ZeRO-2 checkpoint of 2 ranks, resumed by 1: converted to DeepSpeed's universal format,
+    its weights and AdamW state train on exactly as when 2 ranks resume it."""
+    zero2 = ["engine.name=deepspeed", "engine.deepspeed.zero_stage=2"]
+    _train(pool2, tmp_path / "run", token_shards, 4, *zero2)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
+    same = _steps_from(pool2, checkpoint, tmp_path / "same", token_shards, *zero2)
+    other = _steps_from(pool1, checkpoint, tmp_path / "other", token_shards, *zero2)
+    assert (checkpoint / "deepspeed" / "universal").is_dir()
+    assert other["losses"] == pytest.approx(same["losses"], rel=2e-5)
+    for name in same["params"]:
+        torch.testing.assert_close(other["params"][name], same["params"][name], rtol=2e-4, atol=2e-6, msg=name)
+    fresh = _steps_from(pool1, None, tmp_path / "fresh", token_shards, *zero2)
+    assert abs(fresh["losses"][0] - same["losses"][0]) > 1e-4  # the checkpoint's weights were used
+
+
+def test_zero3_resume_on_another_world_size_is_refused_clearly(tmp_path, token_shards, pool1, pool2):
+    zero3 = ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3"]
+    _train(pool2, tmp_path, token_shards, 4, *zero3)
+    [refused] = pool1.run(cli, *lm_train_args(tmp_path, token_shards, 6, *zero3), check=False)
+    assert refused.exception is not None, refused.output[-3000:]
+    assert ("was written by 2 ranks and this job has 1: engine.name=deepspeed with engine.deepspeed.zero_stage=3 "
+            "resumes only on the same number of ranks") in str(refused.exception)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000004"  # nothing lost
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gan_codec_resume_on_deepspeed_is_bit_identical(tmp_path, audio_shards, pool2, stage):
+    """The GAN codec on DeepSpeed (one engine per model, each with its own folder in the
+    checkpoint): stopped at step 2 and resumed to 4, both models and every logged number equal an
+    uninterrupted run's."""
+    def train(run_dir, max_steps):
+        args = ["train", "configs/codec/tiny.yaml", f"run.dir={run_dir}", f"data.shards={audio_shards}",
+                f"trainer.max_steps={max_steps}", "trainer.checkpoint_every=2", "trainer.progress_bar=false",
+                "data.segment_seconds=0.2", "data.batch_size=2", "data.num_workers=0", "eval_clips=1",
+                "engine.name=deepspeed", f"engine.deepspeed.zero_stage={stage}"]
+        assert [r.value for r in pool2.run(cli, *args)] == [0, 0]
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, 4)
+    train(resumed, 2)
+    assert (resumed / "checkpoints" / "step_00000002" / "parts" / "discriminator" / "state").is_dir()
+    train(resumed, 4)
+    for part in (None, "discriminator"):
+        assert_same_weights(weights(straight, part=part), weights(resumed, part=part))
+    m_straight, m_resumed = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in m_resumed] == [1, 2, 3, 4]
+    for x, y in zip(m_straight[2:], m_resumed[2:]):
+        for key in ("loss", "grad_norm", "discriminator/loss", "discriminator/grad_norm", "loss/mel"):
+            assert x[key] == y[key], (x["step"], key)
+    assert m_straight[2]["discriminator/loss"] != m_straight[0]["discriminator/loss"]

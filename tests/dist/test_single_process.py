@@ -1,0 +1,28 @@
+"""A single process without a launcher trains and logs to JSONL and (offline) wandb."""
+
+import pytest
+
+from aurora.config import load_config
+from aurora.perf.flops import audio_lm_train_flops
+from aurora.tasks.lm import LMTrainConfig
+from tests.helpers.runs import cli, lm_train_args, read_metrics
+
+
+def test_plain_python_run_with_wandb_offline(tmp_path, token_shards, pool1):
+    run = tmp_path / "run"
+    [result] = pool1.run(cli, *lm_train_args(run, token_shards, 3, "logging.wandb=true"), env={"WANDB_SILENT": "true"})
+    assert result.value == 0
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for key in ("loss", "lr", "grad_norm", "step_time_s", "data_wait_s", "throughput/samples_per_s",
+                "throughput/frames_per_s_per_device"):
+        assert key in metrics[0]
+    # Model FLOPs by the formula of aurora.perf.flops over the step time; no MFU on a CPU.
+    cfg = load_config(LMTrainConfig, run / "config.yaml")
+    batch, frames = cfg.data.batch_size, cfg.data.context_frames
+    for m in metrics:
+        flops = batch * audio_lm_train_flops(cfg.model, frames)
+        assert m["perf/tflops_per_device"] == pytest.approx(flops / m["step_time_s"] / 1e12, rel=1e-3)
+        assert "perf/mfu" not in m
+    assert (run / "config.yaml").is_file()
+    assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"

@@ -1,0 +1,116 @@
+"""Config loading: YAML + overrides onto the recipe's schema, and one-line errors."""
+
+import pytest
+
+from aurora.config import ConfigError, load_config, to_yaml
+from aurora.config.schema import EngineName
+from aurora.tasks.codec import CodecTrainConfig
+from aurora.tasks.lm import LMTrainConfig
+
+
+def test_yaml_and_overrides():
+    cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml",
+                      ["trainer.max_steps=7", "engine.name=ddp", "optim.betas=[0.8,0.9]", "run.dir=x"])
+    assert cfg.trainer.max_steps == 7
+    assert cfg.engine.name == EngineName.ddp
+    assert cfg.optim.betas == [0.8, 0.9]
+    assert cfg.model.backbone.num_hidden_layers == 4  # from the YAML
+    again = load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["trainer.max_steps=7", "engine.name=ddp",
+                                                                "optim.betas=[0.8,0.9]", "run.dir=x"])
+    assert to_yaml(cfg) == to_yaml(again)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.nope=1", "unknown key 'trainer.nope'"),
+    ("nope=1", "unknown key 'nope'"),
+    ("model.backbone.hidden=3", "unknown key 'model.backbone.hidden'"),
+    ("trainer.max_steps=abc", "trainer.max_steps"),
+    ("engine.precision=fp8", "engine.precision"),
+    ("trainer.max_steps", "must look like key.sub=value"),
+    ("trainer.hang_timeout_s=3000", "trainer.hang_timeout_s (3000) must be shorter than dist.timeout_s (2400)"),
+    ("trainer.eval_every=3", "trainer.eval_every (3) must be a multiple of trainer.checkpoint_every"),
+    ("trainer.eval_every=400", "trainer.eval_every is set but data.eval_shards is not"),
+])
+def test_errors_are_one_line_and_name_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["engine.deepspeed.zero_stage=4"], "engine.deepspeed.zero_stage must be 1, 2 or 3, got 4"),
+    (["engine.name=ddp", "engine.fsdp.hsdp=true"], "engine.fsdp.hsdp=true needs engine.name=fsdp (got ddp)"),
+    (["engine.fsdp.prefetch=-1"], "engine.fsdp.prefetch must be >= 0"),
+    (["engine.name=deepspeed", "trainer.clip_grad_value=1.0"], "trainer.clip_grad_value is not supported by "
+                                                                 "engine.name=deepspeed"),
+    (["engine.name=deepspeed", "trainer.async_checkpoint=true"], "trainer.async_checkpoint is not supported by "
+                                                                   "engine.name=deepspeed"),
+    (["engine.name=deepspeed", "sync.mode=hierarchical"], "sync.mode=hierarchical is not supported by "
+                                                            "engine.name=deepspeed"),
+    (["engine.fsdp.hsdp=true", "sync.mode=hierarchical"], "sync.mode=hierarchical is not supported by "
+                                                            "engine.name=fsdp with engine.fsdp.hsdp=true"),
+    (["sync.outer_every=0"], "sync.outer_every must be >= 1, got 0"),
+    (["optim.name=lamb"], "optim.name"),
+])
+def test_parallelism_settings_that_do_not_fit_are_refused(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["run.dir=x", *overrides])
+    assert expected in str(err.value)
+
+
+def test_deepspeed_config_is_generated_and_a_user_json_wins(tmp_path):
+    from aurora.engines.deepspeed import deepspeed_config_dict
+
+    cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml", [
+        "run.dir=x", "engine.name=deepspeed", "engine.deepspeed.zero_stage=3", "engine.deepspeed.reduce_bucket_size=1000",
+        "engine.deepspeed.offload_optimizer=true", "trainer.grad_accum_steps=4", "trainer.clip_grad_norm=2.0"])
+    generated = deepspeed_config_dict(cfg)
+    zero = generated["zero_optimization"]
+    assert (zero["stage"], zero["reduce_bucket_size"], zero["offload_optimizer"]["device"]) == (3, 1000, "cpu")
+    assert zero["memory_efficient_linear"] is False  # else ZeRO-3 patches F.linear for the whole process
+    assert (generated["gradient_accumulation_steps"], generated["gradient_clipping"]) == (4, 2.0)
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"reduce_bucket_size": 5, "stage3_max_live_parameters": 7}}')
+    cfg.engine.deepspeed.config = str(user)
+    merged = deepspeed_config_dict(cfg)["zero_optimization"]
+    assert (merged["reduce_bucket_size"], merged["stage3_max_live_parameters"], merged["stage"]) == (5, 7, 3)
+    user.write_text("{not json")
+    with pytest.raises(ValueError, match=f"engine.deepspeed.config={user}: cannot read it as JSON"):
+        deepspeed_config_dict(cfg)
+
+
+def test_allowed_keys_are_listed():
+    with pytest.raises(ConfigError, match="keys allowed in 'optim': name, lr, betas, momentum"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["optim.learning_rate=1"])
+
+
+def test_required_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: codec\n")
+    with pytest.raises(ConfigError, match="'data.shards', 'run.dir' required"):
+        load_config(CodecTrainConfig, path)
+
+
+def test_model_validation_surfaces(tmp_path):
+    with pytest.raises((ConfigError, ValueError), match="codebook_size"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["model.codebook_size=100000"])
+
+
+def test_codec_data_and_model_sample_rates_must_agree():
+    with pytest.raises((ConfigError, ValueError), match="data.sample_rate"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["data.sample_rate=24000"])
+
+
+@pytest.mark.parametrize("old, new", [("engine.zero_stage", "engine.deepspeed.zero_stage"),
+                                      ("engine.bucket_cap_mb", "engine.ddp.bucket_cap_mb"),
+                                      ("engine.hsdp", "engine.fsdp.hsdp"),
+                                      ("engine.deepspeed_config", "engine.deepspeed.config")])
+def test_a_moved_key_names_its_new_place(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' is now '{new}': pass {new}=3"):
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["run.dir=x", f"{old}=3"])
+    yaml = tmp_path / "old.yaml"
+    section, key = old.split(".")
+    yaml.write_text(f"task: lm\n{section}:\n  {key}: 3\n")
+    with pytest.raises(ConfigError, match=f"'{old}' in {yaml} is now '{new}': move it there"):
+        load_config(LMTrainConfig, yaml, ["run.dir=x"])
