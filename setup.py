@@ -27,7 +27,7 @@ setup(
     extras_require={
         # DALI's CUDA 13 wheel also runs its CPU pipelines, so the tests exercise data.backend=dali.
         "dali": ["nvidia-dali-cuda130"],
-        "test": ["pytest", "hypothesis", "transformers>=4.45", "nvidia-dali-cuda130"],
+        "test": ["pytest", "pytest-random-order", "hypothesis", "transformers>=4.45", "nvidia-dali-cuda130"],
     },
     entry_points={"console_scripts": ["aurora=aurora.cli:main"]},
 )

@@ -5,22 +5,31 @@ Layout of a run directory::
 
     RUN/config.yaml               the resolved config
     RUN/checkpoints/step_N/       a complete checkpoint (DCP files, rank_*.pt, shared.pt)
+      deepspeed/                  the main model's files in its engine's own format (DeepSpeed's)
+      parts/<name>/               the same for part <name> (a GAN's discriminator, an EMA target)
     RUN/checkpoints/step_N.tmp/   a save in progress, or one a crash interrupted: never read
     RUN/checkpoints/latest        the name of the newest complete checkpoint
 
 The write side (atomic saves, async writes, full disks) is ``aurora.train.checkpoint``.
 """
 
+import hashlib
 import re
 import sys
 import warnings
 from pathlib import Path
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 
 LATEST = "latest"
 SHARED_FILE = "shared.pt"
+ENGINE_FILES_DIR = "deepspeed"
+"""Sub-folder of a checkpoint holding the main model's engine files (DeepSpeed's, the only engine
+with files of its own)."""
+PARTS_DIR = "parts"
+"""Sub-folder of a checkpoint for the parts beside the main model (and their key in DCP's state)."""
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -30,6 +39,22 @@ def step_dirname(step: int) -> str:
 
 def rank_file(path: Path, rank: int) -> Path:
     return path / f"rank_{rank:05d}.pt"
+
+
+def engine_files_dir(checkpoint: Path, part: str | None = None) -> Path:
+    """Where an engine keeps its own files in ``checkpoint``: for the main model, or for part ``part``."""
+    return checkpoint / ENGINE_FILES_DIR if part is None else checkpoint / PARTS_DIR / part
+
+
+def weights_id(model: nn.Module) -> str:
+    """``sha256:<hex>`` of ``model``'s state dict (names, dtypes, shapes and bytes, in name order):
+    the identity of a set of weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def is_complete(path: Path) -> bool:
@@ -70,22 +95,27 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_model_weights(model: nn.Module, path: str | Path, part: str | None = None) -> Path:
-    """Load the main model of a training checkpoint, or the extra part ``part`` (a GAN's
-    discriminator), into a plain (unwrapped) module, in this process alone (no collectives):
-    for evaluation, tokenizing, sampling, fine-tuning and export."""
+    """Load the main model of a training checkpoint, or the part ``part`` (a GAN's discriminator,
+    an EMA target), into a plain (unwrapped) module, in this process alone (no collectives): for
+    evaluation, tokenizing, sampling, fine-tuning and export."""
     ckpt = resolve_checkpoint(path)
-    if part is None:
-        from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
+    from aurora.engines.deepspeed import consolidated_weights  # deepspeed itself is imported only if needed
 
-        native = consolidated_weights(ckpt)
-        if native is not None:
-            model.load_state_dict(native)
-            return ckpt
+    native = consolidated_weights(engine_files_dir(ckpt, part))
+    if native is not None:
+        model.load_state_dict(native)
+        return ckpt
+    if part is None:
         state = {"model": model.state_dict()}
     else:
-        state = {"parts": {part: {"model": model.state_dict()}}}
+        saved = {key.split(".")[1] for key in dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata
+                 if key.startswith(f"{PARTS_DIR}.")}
+        if part not in saved:
+            raise LookupError(f"{ckpt} holds no part '{part}' (it holds: {', '.join(sorted(saved)) or 'none'}); a "
+                              f"frozen part that never changes is not saved: load it from its own source")
+        state = {PARTS_DIR: {part: {"model": model.state_dict()}}}
     with warnings.catch_warnings():  # DCP warns that it runs without a process group: we ask it to
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=ckpt, no_dist=True)
-    model.load_state_dict(state["model"] if part is None else state["parts"][part]["model"])
+    model.load_state_dict(state["model"] if part is None else state[PARTS_DIR][part]["model"])
     return ckpt

@@ -4,7 +4,7 @@ weights an uninterrupted run ends with.
     python -m tools.chaos [--out /tmp/aurora-chaos] [--nproc 2] [--steps 40] [--kills 3]
                           [--seed 0] [--step-delay 0.25] [--shards DIR] [-- extra overrides]
 
-Two runs of the tiny LM (configs/lm/tiny.yaml, shrunk further as in tests/test_resume.py) go
+Two runs of the tiny LM (configs/lm/tiny.yaml, shrunk further as in tests/dist/test_resume.py) go
 through launch/torchrun.sh, the fault-tolerant wrapper a real job uses:
 
 1. OUT/clean: the reference, ``MAX_RESTARTS=0``, no faults.

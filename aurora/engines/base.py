@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.tensor import DTensor
 
 from aurora.config.schema import EngineConfig, Precision, SyncMode, TrainConfig
 from aurora.distributed import DistEnv
@@ -36,21 +38,28 @@ class Engine(ABC):
         """The (replicate, shard) mesh of nodes, when the engine syncs by node."""
 
     def prepare(self, model: nn.Module, shard_units: list[nn.Module],
-                make_optimizer: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """The module to train and its optimizer. ``shard_units`` are the blocks a sharding
+                make_optimizer: OptimizerFactory | None) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        """The module to run and its optimizer. ``shard_units`` are the blocks a sharding
         engine wraps one by one (transformer layers, codec stages); activation checkpointing and
-        compilation apply per block, in place, so parameter names stay the model's own."""
+        compilation apply per block, in place, so parameter names stay the model's own.
+
+        ``make_optimizer=None`` prepares a frozen part (a teacher, a reference, an EMA target):
+        no optimizer (None is returned), no gradients, in eval mode, and sharded as a trained
+        part is (never a whole copy per rank on a sharding engine)."""
         for unit in shard_units:
             if self.cfg.activation_checkpointing:
                 checkpoint_activations(unit)
             if self.cfg.compile:
                 unit.compile()
-        model = self.wrap(model, shard_units)
+        if make_optimizer is None:
+            return self.wrap(model.requires_grad_(False).eval(), shard_units, frozen=True), None
+        model = self.wrap(model, shard_units, frozen=False)
         return model, make_optimizer(model)
 
     @abstractmethod
-    def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
-        """Return the module to train (on this rank's device)."""
+    def wrap(self, model: nn.Module, shard_units: list[nn.Module], frozen: bool) -> nn.Module:
+        """Return the module to run (on this rank's device); ``frozen``: a part without
+        gradients, which needs no gradient reduction."""
 
     @abstractmethod
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -65,6 +74,10 @@ class Engine(ABC):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
+    def zero_grad(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Drop every gradient of ``model`` (also one another part's backward left on it)."""
+        optimizer.zero_grad(set_to_none=True)
+
     def apply_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, update: bool) -> tuple[bool, torch.Tensor]:
         """Clip (by value, then by global norm), step the optimizer if ``update`` (every rank
         passes the same) and the gradients are finite, and clear the gradients. Returns whether
@@ -77,8 +90,13 @@ class Engine(ABC):
         applied = update and bool(torch.isfinite(norm))  # the norm is global: the same on every rank
         if applied:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.zero_grad(model, optimizer)
         return applied, norm
+
+    def release(self, model: nn.Module) -> None:
+        """At the end of a step, once every part is done: free what another part's backward
+        through this one left gathered (its shards stay). Nothing on engines whose hooks free
+        it themselves."""
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The user's module inside whatever ``wrap`` returned (to reach its submodules)."""
@@ -95,21 +113,38 @@ class Engine(ABC):
         passes the same ``value``."""
         param.copy_(value)
 
-    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    @torch.no_grad()
+    def local_shards(self, model: nn.Module) -> list[torch.Tensor]:
+        """The elements of each parameter of ``model`` that this rank holds, in parameter order,
+        as tensors to update in place without a collective between steps (an EMA): the whole
+        parameter on a replicating engine, the local shard of an FSDP2 DTensor. Two models of the
+        same shapes, prepared by engines of the same settings, hold the same elements of each
+        parameter."""
+        return [p.to_local() if isinstance(p, DTensor) else p for p in self.unwrap(model).parameters()]
+
+    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:
         """Model and optimizer state keyed by the unwrapped module's parameter names (the
-        same keys for every engine), as DCP tensors so any engine and world size can load."""
+        same keys for every engine), as DCP tensors so any engine and world size can load. A
+        frozen part (``optimizer=None``) has model state only."""
+        if optimizer is None:
+            return get_model_state_dict(model), {}
         return get_state_dict(model, optimizer)
 
-    def load_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
-        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                       options=StateDictOptions(strict=True))
+    def load_state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict,
+                        optim_state: dict) -> None:
+        options = StateDictOptions(strict=True)
+        if optimizer is None:
+            set_model_state_dict(model, model_state, options=options)
+            return
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options)
 
-    def save_native(self, model: nn.Module, path: Path) -> None:
-        """Write the files an engine keeps in its own format into checkpoint directory ``path``
-        (collective); DCP engines keep everything in ``state_dict``."""
+    def save_native(self, model: nn.Module, folder: Path) -> None:
+        """Write the files an engine keeps in its own format for ``model`` into ``folder``
+        (``aurora.runs.engine_files_dir``: one per part of a checkpoint; collective); DCP engines
+        keep everything in ``state_dict``."""
 
-    def load_native(self, model: nn.Module, path: Path) -> None:
-        """Read what ``save_native`` wrote (collective)."""
+    def load_native(self, model: nn.Module, folder: Path) -> None:
+        """Read what ``save_native`` wrote into ``folder`` (collective)."""
 
     @staticmethod
     def _local(t: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,23 @@ reduce-scatter every micro-batch. DeepSpeed clips by norm and skips an update wh
 norm is not finite (a non-finite loss on any rank makes every rank's reduced gradient
 non-finite), and reports whether it applied it.
 
-Checkpoints: the step's DCP directory carries the trainer state; model and optimizer go through
-``save_checkpoint``/``load_checkpoint`` into its ``deepspeed/`` folder. Another number of ranks
-resumes a ZeRO-1/2 checkpoint through DeepSpeed's universal checkpoint format (converted on
-first use); ZeRO-3 resumes on the same number of ranks only.
+Several parts (a GAN's discriminator beside the codec): one DeepSpeed engine each, with its own
+optimizer, accumulation boundary and checkpoint folder. A frozen part (no optimizer) is a plain
+replica under ZeRO-1/2, which partition only what training has (optimizer state, gradients), and
+is partitioned by DeepSpeed's ZeRO-3 without an optimizer (``DeepSpeedZeRoOffload``) under ZeRO-3.
+
+Checkpoints: the step's DCP directory carries the trainer state; each trained part's model and
+optimizer go through ``save_checkpoint``/``load_checkpoint`` into its folder
+(``aurora.runs.engine_files_dir``: ``deepspeed/`` for the main model, ``parts/<name>/`` for the
+others). A frozen ZeRO-3 part that changes (an EMA target) writes each rank's partitions there
+(DeepSpeed saves no optimizer-less engine); a frozen ZeRO-1/2 replica goes into DCP. Another
+number of ranks resumes a ZeRO-1/2 checkpoint through DeepSpeed's universal checkpoint format
+(converted on first use); ZeRO-3 resumes on the same number of ranks only.
 """
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -34,12 +43,12 @@ from aurora.distributed import DistEnv, barrier
 from aurora.engines.base import Engine, OptimizerFactory
 from aurora.engines.capabilities import Capabilities
 
-NATIVE_DIR = "deepspeed"
-"""Sub-folder of a checkpoint directory holding DeepSpeed's files."""
 TAG = "state"
-"""DeepSpeed's checkpoint tag inside NATIVE_DIR (each aurora checkpoint holds one)."""
+"""DeepSpeed's checkpoint tag inside a part's engine folder (each aurora checkpoint holds one)."""
 UNIVERSAL_TAG = "universal"
 """The same state in DeepSpeed's universal format, made when another world size resumes it."""
+PARTITIONS = "zero3_partitions_rank_{rank:05d}.pt"
+"""A frozen ZeRO-3 part's partitions on one rank, in its engine folder."""
 
 
 def _deepspeed(env: DistEnv):
@@ -117,17 +126,32 @@ class DeepSpeedEngine(Engine):
         os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
         self.deepspeed.init_distributed(dist_backend=env.backend)
         self.ds = None
-        """The DeepSpeed engine (set by ``prepare``)."""
+        """The DeepSpeed engine (set by ``prepare``; none for a frozen ZeRO-1/2 replica)."""
+        self._backward_since_step = False
 
     def prepare(self, model: nn.Module, shard_units: list[nn.Module],
-                make_optimizer: OptimizerFactory) -> tuple[nn.Module, torch.optim.Optimizer]:
-        model, _ = super().prepare(model, shard_units, lambda m: None)
-        optimizer = make_optimizer(model)
-        self.ds, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+                make_optimizer: OptimizerFactory | None) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        model, optimizer = super().prepare(model, shard_units, make_optimizer)
+        if optimizer is None and not self.shards_parameters:
+            return model, None  # ZeRO-1/2 partition only what training has: a frozen part stays a replica
+        config = self.ds_config if optimizer is not None else self._frozen_config()
+        self.ds, _, _, _ = self.deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         # The loop's LR schedule drives ``optimizer``'s param_groups, which DeepSpeed's wrapper steps.
         return self.ds, optimizer
 
-    def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
+    def _frozen_config(self) -> dict:
+        # A frozen part's partitions are its only copy and what an in-place update (an EMA)
+        # changes: no parameter may stay gathered beside them from one forward to the next.
+        return _merge(self.ds_config, {"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+
+    @property
+    def _frozen(self) -> bool:
+        """A ZeRO-3 part without an optimizer (DeepSpeed's offload engine stands in for one)."""
+        from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+        return isinstance(self.ds.optimizer, DeepSpeedZeRoOffload)
+
+    def wrap(self, model: nn.Module, shard_units: list[nn.Module], frozen: bool) -> nn.Module:
         return model.to(self.env.device)
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -137,8 +161,19 @@ class DeepSpeedEngine(Engine):
     def backward(self, loss: torch.Tensor) -> None:
         # The loop already weights each micro-batch by its share of the step.
         self.ds.backward(loss, scale_wrt_gas=False)
+        self._backward_since_step = True
+
+    def zero_grad(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        # DeepSpeed's optimizer wrapper holds the model's gradients; the torch optimizer inside it
+        # sees only DeepSpeed's flat fp32 partitions.
+        self.ds.optimizer.zero_grad(set_to_none=True)
 
     def apply_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, update: bool) -> tuple[bool, torch.Tensor]:
+        if not self._backward_since_step:
+            # No micro-batch of this step had a loss for this part (a GAN's discriminator before
+            # its start step): as on the other engines, nothing changes and the norm is 0.
+            return True, torch.zeros(())
+        self._backward_since_step = False
         # ``update`` is False only after a non-finite loss (every rank agrees): its gradients,
         # reduced into every rank's, are non-finite too, and DeepSpeed's step skips such an update.
         self.ds.step()
@@ -147,7 +182,25 @@ class DeepSpeedEngine(Engine):
         return self.ds.was_step_applied(), norm
 
     def unwrap(self, model: nn.Module) -> nn.Module:
-        return model.module
+        return model.module if isinstance(model, self.deepspeed.DeepSpeedEngine) else model
+
+    def release(self, model: nn.Module) -> None:
+        if not self.shards_parameters:
+            return
+        if self._frozen:
+            # Its partitions are its only copy, which an EMA update changes: none may stay gathered.
+            self.ds.optimizer.partition_all_parameters()
+            return
+        # Another part's backward through this one's ZeRO-3 hooks (a generator's loss through the
+        # discriminator) gathers its parameters; their release waits on this part's optimizer,
+        # which drains it in its own backward only.
+        self.ds.optimizer.parameter_offload.release_backward_leftovers()
+
+    @torch.no_grad()
+    def local_shards(self, model: nn.Module) -> list[torch.Tensor]:
+        if not self.shards_parameters:
+            return super().local_shards(model)
+        return [p.ds_tensor for p in self.unwrap(model).parameters()]
 
     def _gathered(self, param: torch.Tensor, modifier_rank=None):
         if hasattr(param, "ds_id"):  # stage 3: partitioned, gather it for the duration
@@ -168,33 +221,59 @@ class DeepSpeedEngine(Engine):
 
         safe_set_full_fp32_param(param, value.to(param.dtype))
 
-    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    def state_dict(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict]:
+        if self.ds is None:  # a frozen ZeRO-1/2 replica: DCP keeps it, as for DDP
+            return super().state_dict(model, optimizer)
         return {}, {}
 
     def load_state_dict(self, model, optimizer, model_state: dict, optim_state: dict) -> None:
-        pass
+        if self.ds is None:
+            super().load_state_dict(model, optimizer, model_state, optim_state)
 
-    def save_native(self, model: nn.Module, path: Path) -> None:
-        self.ds.save_checkpoint(str(path / NATIVE_DIR), tag=TAG, save_latest=False)
+    def save_native(self, model: nn.Module, folder: Path) -> None:
+        if self.ds is None:
+            return
+        if self._frozen:
+            self._save_partitions(model, folder)
+        else:
+            self.ds.save_checkpoint(str(folder), tag=TAG, save_latest=False)
 
-    def load_native(self, model: nn.Module, path: Path) -> None:
+    def load_native(self, model: nn.Module, folder: Path) -> None:
         """Restore model and optimizer. Saved by another number of ranks (ZeRO-1/2), the
         checkpoint is first converted to DeepSpeed's universal format (``ds_to_universal``: every
         parameter's fp32 weights and optimizer state whole, once, beside the saved files), which
-        any world size loads."""
-        native = path / NATIVE_DIR
-        saved = len(list((native / TAG).glob("*optim_states.pt")))
+        any world size loads. A frozen ZeRO-3 part reads back this rank's partitions."""
+        if self.ds is None:
+            return
+        if self._frozen:
+            self._load_partitions(model, folder)
+            return
+        saved = len(list((folder / TAG).glob("*optim_states.pt")))
         universal = saved != self.env.world_size
         if universal:
-            self._convert_to_universal(native)
+            self._convert_to_universal(folder)
         self.ds._config.load_universal_checkpoint = universal
         try:
-            loaded, _ = self.ds.load_checkpoint(str(native), tag=UNIVERSAL_TAG if universal else TAG,
+            loaded, _ = self.ds.load_checkpoint(str(folder), tag=UNIVERSAL_TAG if universal else TAG,
                                                 load_lr_scheduler_states=False)
         finally:
             self.ds._config.load_universal_checkpoint = False
         if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load {native}")
+            raise RuntimeError(f"DeepSpeed could not load {folder}")
+
+    def _save_partitions(self, model: nn.Module, folder: Path) -> None:
+        """This rank's partition of each parameter, with the parameters' shapes."""
+        folder.mkdir(parents=True, exist_ok=True)
+        params = list(self.unwrap(model).named_parameters())
+        torch.save({"shapes": {name: list(p.ds_shape) for name, p in params},
+                    "partitions": {name: p.ds_tensor.detach().cpu().clone() for name, p in params}},
+                   folder / PARTITIONS.format(rank=self.env.rank))
+
+    @torch.no_grad()
+    def _load_partitions(self, model: nn.Module, folder: Path) -> None:
+        saved = torch.load(folder / PARTITIONS.format(rank=self.env.rank), weights_only=True)["partitions"]
+        for shard, (name, _) in zip(self.local_shards(model), self.unwrap(model).named_parameters()):
+            shard.copy_(saved[name])
 
     def _convert_to_universal(self, native: Path) -> None:
         """Rank 0 writes ``native/UNIVERSAL_TAG`` once (into a temporary name, then renamed, so an
@@ -214,13 +293,19 @@ class DeepSpeedEngine(Engine):
         barrier()
 
 
-def consolidated_weights(path: Path) -> dict[str, torch.Tensor] | None:
-    """The full fp32 model weights of checkpoint directory ``path`` if DeepSpeed wrote them (any
-    stage, merged from the partitions in this process alone), else None."""
-    native = path / NATIVE_DIR
-    if not native.is_dir():
-        return None
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+def consolidated_weights(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The full fp32 weights of the model whose engine files are in ``folder``
+    (``aurora.runs.engine_files_dir``) if DeepSpeed wrote them (any stage, merged from the
+    partitions in this process alone), else None."""
+    if (folder / TAG).is_dir():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(native), tag=TAG)
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=TAG)
+    files = sorted(folder.glob(PARTITIONS.replace("{rank:05d}", "*")))
+    if not files:
+        return None
+    ranks = [torch.load(path, weights_only=True) for path in files]
+    # Rank r holds elements [r * n, (r + 1) * n) of the flattened parameter, padded at the end.
+    return {name: torch.cat([r["partitions"][name] for r in ranks])[:math.prod(shape)].view(shape)
+            for name, shape in ranks[0]["shapes"].items()}

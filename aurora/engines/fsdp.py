@@ -3,7 +3,9 @@ over the data-parallel mesh, gathered per block for compute.
 
 Meshes: the whole world (default); ``(replicate, shard)`` with shard = one node for HSDP
 (``engine.fsdp.hsdp``); one node alone under ``sync.mode=hierarchical``, whose cross-node exchange
-is the periodic parameter average instead."""
+is the periodic parameter average instead. A frozen part is sharded on the same mesh, its
+parameters without gradients (so never reduce-scattered) and resharded after every forward: no
+backward comes to free them."""
 
 import contextlib
 
@@ -26,7 +28,7 @@ class FSDPEngine(Engine):
         # HSDP already replicates across nodes every step: no room for the loop's own cross-node sync.
         return Capabilities(hierarchical_sync=not cfg.fsdp.hsdp)
 
-    def wrap(self, model: nn.Module, shard_units: list[nn.Module]) -> nn.Module:
+    def wrap(self, model: nn.Module, shard_units: list[nn.Module], frozen: bool) -> nn.Module:
         if self.cfg.fsdp.hsdp:
             mesh = self.mesh
         elif self.hierarchical:
@@ -38,9 +40,10 @@ class FSDPEngine(Engine):
         if self.cfg.precision == Precision.bf16:
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for unit in shard_units:
-            fully_shard(unit, mesh=mesh, reshard_after_forward=self.cfg.fsdp.reshard_after_forward, mp_policy=mp)
-        # The root keeps its parameters gathered after forward: backward needs them at once.
-        fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp)
+            fully_shard(unit, mesh=mesh, reshard_after_forward=frozen or self.cfg.fsdp.reshard_after_forward,
+                        mp_policy=mp)
+        # A trained root keeps its parameters gathered after forward: backward needs them at once.
+        fully_shard(model, mesh=mesh, reshard_after_forward=frozen, mp_policy=mp)
         depth = self.cfg.fsdp.prefetch
         if depth:
             for i, unit in enumerate(shard_units):

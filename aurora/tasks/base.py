@@ -11,6 +11,7 @@ from typing import Callable, ClassVar, Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from aurora.config.schema import OptimConfig, TrainConfig
 from aurora.distributed import DistEnv
@@ -42,20 +43,65 @@ class PartSpec:
     """Its global gradient-norm clip (null: none)."""
 
 
-class PartModels(dict):
-    """Each part's wrapped model, by name."""
+@dataclasses.dataclass
+class FrozenPartSpec:
+    """A model a recipe uses but does not train (an LCM teacher, a DPO reference, an EMA
+    target): no optimizer, no gradients, in eval mode, sharded like the main model. The recipe
+    calls it through ``PartModels`` under ``torch.no_grad()``."""
 
-    def __init__(self, wrapped: dict[str, nn.Module], inner: dict[str, nn.Module]):
+    name: str
+    """Its key in ``PartModels`` and, if ``updated``, in checkpoints (``parts/<name>``)."""
+    model: nn.Module
+    """On the CPU, with its starting weights (a copy of the main model for an EMA target), or
+    any weights if ``source`` is given."""
+    shard_units: list[nn.Module]
+    """Blocks a sharding engine wraps one by one."""
+    updated: bool
+    """True: the recipe changes it after optimizer steps (an EMA target, ``PartModels.ema_update``),
+    so every checkpoint saves it and a resume restores it. False: it never changes (a teacher, a
+    reference); checkpoints hold not its weights but their id (``aurora.runs.weights_id``), and a
+    resume refuses a source whose weights have another id."""
+    source: Optional[str | Path] = None
+    """A training run or checkpoint its weights are loaded from at start (every start, resumes
+    included; a run means its latest checkpoint, a checkpoint directory pins one); None keeps the
+    model's own."""
+    source_part: Optional[str] = None
+    """The part of ``source`` to load (None: its main model)."""
+
+
+class PartModels(dict):
+    """Each part's wrapped model by name, trained and frozen, with the engine that runs it."""
+
+    def __init__(self, wrapped: dict[str, nn.Module], engines: dict[str, Engine]):
         super().__init__(wrapped)
-        self._inner = inner
+        self.engines = engines
+
+    def inner(self, name: str) -> nn.Module:
+        """Part ``name``'s own module inside its engine's wrapper (to reach its submodules)."""
+        return self.engines[name].unwrap(self[name])
+
+    def local_shards(self, name: str) -> list[torch.Tensor]:
+        """The elements of part ``name``'s parameters this rank holds (``Engine.local_shards``)."""
+        return self.engines[name].local_shards(self[name])
+
+    def ema_update(self, target: str, source: str, decay: float) -> None:
+        """target = decay * target + (1 - decay) * source, parameter by parameter, on each rank's
+        local elements (no collective): parts of the same shapes hold the same elements of each
+        parameter whatever the engine shards."""
+        targets, sources = self.local_shards(target), self.local_shards(source)
+        if [t.shape for t in targets] != [s.shape for s in sources]:
+            raise ValueError(f"part '{target}' cannot follow part '{source}': their parameters differ in number or "
+                             f"shape; build the EMA target as a copy of the model it follows")
+        get_ema_multi_avg_fn(decay)(targets, sources, None)
 
     def passthrough(self, name: str) -> Callable:
         """A call of part ``name`` for a loss that needs gradients through it but does not
         train it (a generator's loss through the discriminator): its parameters are frozen
         while the graph is built, so backward computes no gradient for them, and it calls the
         engine's inner module, so DDP's reducer does not wait for them either. FSDP2 carries
-        the frozen flag over to the gathered parameters and skips their reduce-scatter."""
-        module = self._inner[name]
+        the frozen flag over to the gathered parameters and skips their reduce-scatter; ZeRO-3's
+        module hooks still gather its partitions for forward and backward."""
+        module = self.inner(name)
 
         def call(*args, **kwargs):
             trained = [p for p in module.parameters() if p.requires_grad]
@@ -98,6 +144,12 @@ class Task(ABC):
         each extra part's micro-batches and update run before the main model's, in this order."""
         return []
 
+    def frozen_parts(self, model: nn.Module) -> list[FrozenPartSpec]:
+        """Models used but not trained, built after the trained parts (called once), given the
+        freshly built main model ``model`` before any engine wraps it (an EMA target starts as
+        its copy)."""
+        return []
+
     def part_loss(self, part: str, models: "PartModels", batch: dict, carry: dict,
                   step: int) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
         """Loss of part ``part`` for one micro-batch of optimizer step ``step`` (0-based), given
@@ -107,9 +159,10 @@ class Task(ABC):
         rank. Single-model recipes only implement ``loss``."""
         return self.loss(models[MAIN_PART], batch)
 
-    def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
-        """Called on every rank after optimizer step ``step``, for maintenance that must happen
-        between steps (it may issue collectives: every rank calls it). Returns metrics."""
+    def after_step(self, models: PartModels, step: int) -> dict[str, float]:
+        """Called on every rank after optimizer step ``step`` (1-based) with every part, for
+        maintenance that must happen between steps, such as an EMA update (it may issue
+        collectives: every rank calls it). Returns metrics."""
         return {}
 
     def state_dict(self) -> dict:

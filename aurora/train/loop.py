@@ -9,8 +9,13 @@ only) → one all-reduce that tells every rank whether any rank saw a non-finite
 whether any rank was asked to stop (preemption), and carries every logged number → the
 part's engine clips (by value, then by global norm) and steps, unless a loss or the gradient
 norm is non-finite (then every rank skips the update) → its LR schedule. Then the cross-node
-parameter average every K steps (``sync.mode=hierarchical``) → checkpoint → evaluation →
-metrics.
+parameter average every K steps (``sync.mode=hierarchical``) → the recipe's maintenance between
+steps (``Task.after_step``: dead codes, EMA targets) → checkpoint → evaluation → metrics.
+
+Frozen parts (``Task.frozen_parts``: a teacher, a reference, an EMA target) get an engine of their
+own but no optimizer; the recipe calls them beside the trained parts. One that changes (an EMA
+target) is saved in every checkpoint under ``parts/<name>``; one that never changes is loaded from
+its source at every start, and a checkpoint records the id of its weights, which a resume checks.
 
 What keeps a long job alive lives beside the loop, one module each: ``nonfatal`` (work whose
 failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``preemption``
@@ -35,9 +40,9 @@ from aurora.distributed.hierarchical import HierarchicalSync
 from aurora.distributed.mesh import REPLICATE, SHARD
 from aurora.engines import Engine, build_engine
 from aurora.engines.capabilities import check_resume
-from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
+from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, FrozenPartSpec, PartModels, PartSpec, Task
 from aurora.train import faults
-from aurora.runs import step_dirname
+from aurora.runs import engine_files_dir, load_model_weights, step_dirname, weights_id
 from aurora.train.checkpoint import Checkpointer
 from aurora.train.metrics import MetricsLogger
 from aurora.perf.mfu import mfu, peak_flops
@@ -101,6 +106,37 @@ class TrainedPart:
         return metric if self.name == MAIN_PART else f"{self.name}/{metric}"
 
 
+@dataclasses.dataclass
+class FrozenPart:
+    """A model the step uses but does not train."""
+    name: str
+    engine: Engine
+    model: torch.nn.Module
+    updated: bool
+    """The recipe changes it after steps (an EMA target): checkpoints save it."""
+    source: str
+    """Where its weights came from, for messages."""
+    weights_id: str | None
+    """The id of its weights as loaded, when they never change (checkpoints record it)."""
+
+
+def _engine_files(checkpoint: Path, part: str) -> Path:
+    """The folder of ``checkpoint`` where part ``part``'s engine keeps its own files."""
+    return engine_files_dir(checkpoint, None if part == MAIN_PART else part)
+
+
+def _check_parts(cfg: TrainConfig, trained: list[PartSpec], frozen: list[FrozenPartSpec]) -> None:
+    """Refuse (ValueError, one line) parts a recipe declared that the loop cannot keep apart or in step."""
+    names = [spec.name for spec in [*trained, *frozen]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the recipe's parts must have distinct names, got {names}: rename the extra or frozen ones")
+    updated = [spec.name for spec in frozen if spec.updated]
+    if updated and cfg.sync.mode == SyncMode.hierarchical:
+        raise ValueError(f"frozen part '{updated[0]}' changes after every step, and under sync.mode=hierarchical "
+                         f"each node trains apart between outer steps, so its copies would drift apart: use "
+                         f"sync.mode=flat")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task_cls: type[Task], env: DistEnv):
         self.cfg = cfg
@@ -115,13 +151,18 @@ class Trainer:
         self.task = task_cls(cfg, env)
         raw_model = self.task.build_model()
         main = PartSpec(MAIN_PART, raw_model, self.task.shard_units(raw_model), cfg.optim, cfg.trainer.clip_grad_norm)
-        self.parts = [self._prepare(spec) for spec in [*self.task.extra_parts(), main]]
+        trained = [*self.task.extra_parts(), main]
+        frozen = self.task.frozen_parts(raw_model)
+        _check_parts(cfg, trained, frozen)
+        self.parts = [self._prepare(spec) for spec in trained]
         """Every model the step trains, in update order; the main model is last."""
+        self.frozen = [self._prepare_frozen(spec) for spec in frozen]
+        """Every model the step uses without training it."""
         main_part = self.parts[-1]
         self.engine, self.model, self.optimizer = main_part.engine, main_part.model, main_part.optimizer
         self.scheduler, self.outer_sync = main_part.scheduler, main_part.outer_sync
-        self.models = PartModels({part.name: part.model for part in self.parts},
-                                 {part.name: part.engine.unwrap(part.model) for part in self.parts})
+        every = [*self.parts, *self.frozen]
+        self.models = PartModels({part.name: part.model for part in every}, {part.name: part.engine for part in every})
         self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
         self.nonfatal = NonFatal(env.rank)
         self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
@@ -152,6 +193,19 @@ class Trainer:
         scheduler = build_scheduler(optimizer, spec.optim, cfg.trainer.max_steps)
         return TrainedPart(spec.name, engine, model, optimizer, scheduler, outer_sync)
 
+    def _prepare_frozen(self, spec: FrozenPartSpec) -> FrozenPart:
+        """Load a frozen part from its source (if it has one), take the id of weights that never
+        change, and wrap it with an engine of its own, without an optimizer."""
+        if spec.source is not None:
+            load_model_weights(spec.model, spec.source, part=spec.source_part)
+        ident = None if spec.updated else weights_id(spec.model)
+        engine = build_engine(self.cfg, self.env)
+        model, _ = engine.prepare(spec.model, spec.shard_units, None)
+        source = "the recipe" if spec.source is None else str(spec.source)
+        if spec.source_part is not None:
+            source += f" (part {spec.source_part})"
+        return FrozenPart(spec.name, engine, model, spec.updated, source, ident)
+
     # -- checkpoint state -------------------------------------------------------------------
     def _app_state(self) -> dict:
         state = {"trainer": {"step": self.step, "skipped_steps": self.skipped_steps,
@@ -163,7 +217,18 @@ class Trainer:
             else:
                 state.setdefault("parts", {})[part.name] = {"model": model_state, "optim": optim_state,
                                                             "scheduler": part.scheduler.state_dict()}
+        for part in self.frozen:
+            if part.updated:
+                state.setdefault("parts", {})[part.name] = {"model": part.engine.state_dict(part.model, None)[0]}
         return state
+
+    def _saved_parts(self) -> list[TrainedPart | FrozenPart]:
+        """The parts a checkpoint holds: every trained one and the frozen ones that change."""
+        return [*self.parts, *(part for part in self.frozen if part.updated)]
+
+    def _save_native(self, path: Path) -> None:
+        for part in self._saved_parts():
+            part.engine.save_native(part.model, _engine_files(path, part.name))
 
     def save(self) -> bool:
         """Checkpoint this step on every rank; False if the save failed and was skipped."""
@@ -177,21 +242,27 @@ class Trainer:
             rank_state["outer_sync"][part.name] = part.outer_sync.state_dict()
         shared = [None] * self.env.world_size
         dist.all_gather_object(shared, {"data": self.loader.state_dict(), "skipped_samples": dict(self.skipped_samples)})
-        return self.checkpointer.save(self.step, self._app_state(), rank_state, {"ranks": shared},
-                                      native=lambda path: self.engine.save_native(self.model, path))
+        frozen_ids = {part.name: part.weights_id for part in self.frozen if not part.updated}
+        return self.checkpointer.save(self.step, self._app_state(), rank_state,
+                                      {"ranks": shared, "frozen_ids": frozen_ids}, native=self._save_native)
 
     def resume(self, path: Path) -> None:
         check_resume(self.cfg.engine, self.checkpointer.saved_world(path), self.env.world_size, path)
         app_state = self._app_state()
         rank_state, shared = self.checkpointer.load(path, app_state)
+        self._check_frozen_ids(path, shared.get("frozen_ids", {}))
         for part in self.parts:
             state = app_state if part.name == MAIN_PART else app_state["parts"][part.name]
             part.engine.load_state_dict(part.model, part.optimizer, state["model"], state["optim"])
-            part.engine.load_native(part.model, path)
+            part.engine.load_native(part.model, _engine_files(path, part.name))
             if part.name != MAIN_PART:
                 part.scheduler.load_state_dict(state["scheduler"])
             if part.outer_sync is not None and part.name in rank_state["outer_sync"]:
                 part.outer_sync.load_state_dict(rank_state["outer_sync"][part.name])
+        for part in self.frozen:
+            if part.updated:
+                part.engine.load_state_dict(part.model, None, app_state["parts"][part.name]["model"], {})
+                part.engine.load_native(part.model, _engine_files(path, part.name))
         self.scheduler.load_state_dict(app_state["trainer"]["scheduler"])
         self.step = app_state["trainer"]["step"]
         self.skipped_steps = app_state["trainer"]["skipped_steps"]
@@ -211,6 +282,17 @@ class Trainer:
             print(f"elastic resume: {saved_world} ranks saved {path.name}, {self.env.world_size} "
                   f"continue it; the rest of the data epoch is re-split over them", flush=True)
         seed_everything(self.cfg.run.seed + 1_000_003 * (self.step + 1) + self.env.rank)
+
+    def _check_frozen_ids(self, path: Path, saved: dict[str, str]) -> None:
+        """Refuse to resume with a frozen part that never changes loaded with other weights than
+        the ones checkpoint ``path`` was trained with."""
+        for part in self.frozen:
+            if part.updated or saved.get(part.name) == part.weights_id:
+                continue
+            raise RuntimeError(f"{path} was trained with frozen part '{part.name}' at weights "
+                               f"{saved.get(part.name, '(no id recorded)')}, but this job loaded {part.weights_id} "
+                               f"from {part.source}: its source changed since the run started. Put the original "
+                               f"weights back to resume, or train with the new ones in a new run (another run.dir)")
 
     # -- one optimizer step -------------------------------------------------------------------
     def train_step(self, data_iter) -> dict[str, float]:
@@ -250,7 +332,9 @@ class Trainer:
         for part in self.parts:
             if part.outer_sync is not None and part.outer_sync.due(self.step):
                 part.outer_sync.outer_step()
-        task_metrics = self.task.after_step(self.model, self.engine, self.step)
+        for part in [*self.parts, *self.frozen]:
+            part.engine.release(part.model)
+        task_metrics = self.task.after_step(self.models, self.step)
 
         elapsed = time.perf_counter() - started
         world = self.env.world_size
@@ -277,7 +361,7 @@ class Trainer:
         if len(self.parts) > 1:
             # Another part's backward may have reached this part's parameters (a GAN's generator
             # loss runs through the discriminator): only this part's own losses may count.
-            part.optimizer.zero_grad(set_to_none=True)
+            part.engine.zero_grad(part.model, part.optimizer)
         loss_sum = torch.zeros((), device=self.env.device)
         metric_sums: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(batches):

@@ -133,7 +133,8 @@ def test_balanced_gan_step_runs_on_two_ranks(tmp_path, audio_shards, pool2, engi
 def test_deepspeed_matches_single_process_codec_without_gan(tmp_path, audio_shards, pool1, pool2):
     single = _run(pool1, tmp_path, "codec", audio_shards, "single", "engine.name=ddp", NO_GAN, NO_DROPOUT)
     for engine in ("zero2", "zero3"):  # ZeRO-1 differs from ZeRO-2 only in when it reduces (the LM tests check it)
-        run = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine], NO_GAN, NO_DROPOUT)
+        run = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine], NO_GAN,
+                   NO_DROPOUT)
         _assert_same(single, run, rtol=2e-4, atol=2e-5)
 
 

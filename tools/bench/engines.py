@@ -14,7 +14,7 @@ engine settings win over them).
 
 Batches are synthetic and fixed: ``--steps`` global batches of ``data.batch_size`` x world
 examples drawn once from a seed, each rank taking its contiguous slice (as
-tests/dist_scripts/train_steps.py does), fed to ``train_step`` as an iterator, so no loader
+tests/helpers/steps.py does), fed to ``train_step`` as an iterator, so no loader
 runs. Every row sees the same batches in the same order.
 
 Timing: ``--warmup`` untimed steps per row (compilation, lazily built buffers), then

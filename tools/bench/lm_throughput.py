@@ -18,7 +18,7 @@ the backbone every aurora LM is built on, with its vocabulary head) trained by a
 ``Trainer.train_step`` through the chosen engine (wrapping, bf16, per-block compile,
 clipping, AdamW, LR schedule, the loop's collectives), next-token cross-entropy being the task.
 The other side is ``transformers.Qwen2ForCausalLM`` built from the same ``TransformerConfig``
-(mapped to ``Qwen2Config`` as in tests/test_transformer_qwen2.py, sdpa attention, no KV cache)
+(mapped to ``Qwen2Config`` as in tests/unit/models/test_transformer_qwen2.py, sdpa attention, no KV cache)
 with the same initial weights, trained by the loop a user writes: forward with labels,
 backward, clip to norm 1, ``torch.optim.AdamW``, under ``torch.autocast`` for bf16 and, with
 ``--compile``, ``torch.compile`` of the whole model. Both see the same batch of random token

@@ -15,7 +15,7 @@ Activation memory per example:
   6ah (norm outputs and their weight inputs, q, attention output) + 2a*kv_heads*d (k, v) +
   4aI (gate, up, silu(gate), their product) + 4H (attention logsumexp) + 8 (the norms'
   rsqrt). This is what autograd saves for this block with a FlashAttention-style kernel
-  (O(S) memory), counted tensor by tensor (tests/test_scale_model.py checks it against a real
+  (O(S) memory), counted tensor by tensor (tests/unit/tools/test_scale_model.py checks it against a real
   forward); the final norm adds 4h + 2ah per token, and the loss keeps the fp32 log-softmax
   of the n_q heads and its gradient, 8 n_q codebook_size bytes per audio position.
   With activation checkpointing each layer keeps only its input (a h per token) and one

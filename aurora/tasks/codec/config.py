@@ -4,7 +4,7 @@ maintenance, on top of the shared TrainConfig."""
 import dataclasses
 from dataclasses import dataclass, field
 
-from aurora.config.schema import EngineName, LRSchedule, OptimConfig, TrainConfig
+from aurora.config.schema import LRSchedule, OptimConfig, TrainConfig
 from aurora.losses.gan import GanLossKind
 from aurora.models.codec import CodecConfig, DiscriminatorConfig
 
@@ -82,9 +82,6 @@ class CodecTrainConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.gan.enabled and self.engine.name == EngineName.deepspeed:
-            raise ValueError("the codec's GAN step trains two models with two optimizers, and engine.name=deepspeed "
-                             "wraps one: use engine.name=ddp or fsdp, or set gan.enabled=false")
         if self.data.sample_rate != self.model.sample_rate:
             raise ValueError(f"data.sample_rate ({self.data.sample_rate}) must equal model.sample_rate "
                              f"({self.model.sample_rate}): the loader resamples to data.sample_rate")

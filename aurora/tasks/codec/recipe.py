@@ -28,7 +28,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from aurora.engines import Engine
 from aurora.losses.audio import MultiScaleMelLoss, masked_l1
 from aurora.losses.balancer import Balancer
 from aurora.losses.gan import discriminator_loss, feature_matching_loss, generator_adversarial_loss
@@ -138,10 +137,9 @@ class CodecTask(Task):
         metrics["quantizer/stages_used"] = out.n_q_used.float().mean()
         return total, metrics
 
-    def after_step(self, model: nn.Module, engine: Engine, step: int) -> dict[str, float]:
-        codec = engine.unwrap(model)
-        codebooks = [vq.codebook.weight for vq in codec.quantizer.quantizers]
-        return {"codes_reset": float(self.dead_codes.maybe_reset(step, codebooks, engine))}
+    def after_step(self, models: PartModels, step: int) -> dict[str, float]:
+        codebooks = [vq.codebook.weight for vq in models.inner(MAIN_PART).quantizer.quantizers]
+        return {"codes_reset": float(self.dead_codes.maybe_reset(step, codebooks, models.engines[MAIN_PART]))}
 
     def state_dict(self) -> dict:
         state = {"dead_codes": self.dead_codes.state_dict(), "dropout_rng": self.dropout_rng.get_state()}

@@ -1,0 +1,137 @@
+"""A few optimizer steps of a recipe on fixed global batches, split over the ranks: the
+reference every distributed test compares against a single process.
+
+Every run, whatever its world size, engine or accumulation, sees the same global batch per
+step: ``GLOBAL_BATCH`` examples generated from a fixed seed, each rank taking its contiguous
+slice, cut into ``trainer.grad_accum_steps`` micro-batches. ``fixed_batch_steps`` runs on every
+rank of a pool (or one process) and returns, on rank 0, the per-step losses and metrics, the
+gradients of the first step and the final parameters (all as full tensors; an extra part's,
+such as a GAN's discriminator, named ``<part>.<parameter>``), with every collective the rank
+issued during the steps (``aurora.perf.comm_log``), tagged by step; None on other ranks.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from aurora.config import load_config, peek_task
+from aurora.distributed import barrier, init_distributed, shutdown
+from aurora.perf.comm_log import CollectiveLog
+from aurora.tasks import get_task
+from aurora.tasks.base import MAIN_PART
+from aurora.train.loop import Trainer
+
+GLOBAL_BATCH = 8
+STEPS = 3
+
+
+def engine_overrides(tmp_path: Path) -> dict[str, list[str]]:
+    """The overrides of each engine the distributed tests compare, by short name.
+
+    DeepSpeed's ZeRO-3 defaults keep a tiny model gathered: parameters under 1e5 elements
+    persist, and up to 1e9 elements stay live from forward to backward, prefetched 2e8 at a
+    time. A user JSON (written into ``tmp_path``) turns those off, so the tiny model is
+    partitioned and re-gathered per module as a large model's layers are (and the JSON override
+    path is exercised)."""
+    zero3_json = tmp_path / "zero3.json"
+    zero3_json.write_text(json.dumps({"zero_optimization": {
+        "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0,
+        "stage3_max_live_parameters": 0, "stage3_prefetch_bucket_size": 0}}))
+    return {
+        "ddp": ["engine.name=ddp"],
+        "fsdp": ["engine.name=fsdp"],
+        "zero1": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=1"],
+        "zero2": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=2"],
+        "zero3": ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3", f"engine.deepspeed.config={zero3_json}"],
+    }
+
+
+def global_batches(kind: str, cfg, step: int) -> dict:
+    g = torch.Generator().manual_seed(1000 + step)
+    texts = [f"example {i} of step {step}" for i in range(GLOBAL_BATCH)]
+    keys = [f"k{step}_{i}" for i in range(GLOBAL_BATCH)]
+    if kind == "tokens":
+        frames = cfg.data.context_frames
+        codes = torch.randint(0, cfg.model.codebook_size, (GLOBAL_BATCH, cfg.model.n_q, frames), generator=g)
+        return {"codes": codes, "lengths": torch.full((GLOBAL_BATCH,), frames), "text": texts, "keys": keys}
+    samples = round(cfg.data.segment_seconds * cfg.data.sample_rate)
+    t = torch.arange(samples) / cfg.data.sample_rate
+    freqs = 200 + 600 * torch.rand(GLOBAL_BATCH, 1, 1, generator=g)
+    audio = 0.5 * torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(GLOBAL_BATCH, 1, samples, generator=g)
+    return {"audio": audio, "lengths": torch.full((GLOBAL_BATCH,), samples), "text": texts, "keys": keys}
+
+
+def local_micro_batches(batch: dict, rank: int, world: int, accum: int) -> list[dict]:
+    per_rank = GLOBAL_BATCH // world
+    micro = per_rank // accum
+    out = []
+    for m in range(accum):
+        lo = rank * per_rank + m * micro
+        out.append({k: v[lo: lo + micro] for k, v in batch.items()})
+    return out
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone().cpu()
+
+
+def full_params(part, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A part's (trained or frozen: ``Trainer.parts``, ``Trainer.frozen``) full parameters by its
+    module's own names, each after ``prefix`` (a collective on sharding engines)."""
+    return {prefix + name.removeprefix("module."): full(part.engine.read_full(p))
+            for name, p in part.model.named_parameters()}
+
+
+def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = None,
+                      steps: int = STEPS) -> dict | None:
+    """``steps`` optimizer steps of ``config`` with ``overrides`` (from checkpoint ``resume``'s
+    weights and optimizer state, if given). Raises if the replicas end with different weights."""
+    task_cls = get_task(peek_task(config))
+    cfg = load_config(task_cls.config_class, config, overrides)
+    env = init_distributed(cfg.dist)
+    trainer = Trainer(cfg, task_cls, env)
+    if resume is not None:
+        trainer.resume(Path(resume))
+    first_grads, recorded = {}, set()
+
+    def prefix(part) -> str:
+        return "" if part.name == MAIN_PART else f"{part.name}."
+
+    def recorder(part):
+        real_step = part.engine.apply_step
+
+        def recording_step(model, optimizer, update):
+            # DeepSpeed keeps its reduced gradients in its own partitions: only the others are recorded.
+            if part.name not in recorded and cfg.engine.name != "deepspeed":
+                recorded.add(part.name)
+                for name, p in part.model.named_parameters():
+                    first_grads[prefix(part) + name.removeprefix("module.")] = full(p.grad)
+            return real_step(model, optimizer, update)
+
+        return recording_step
+
+    for part in trainer.parts:
+        part.engine.apply_step = recorder(part)
+    losses, metrics = [], []
+    with CollectiveLog() as comm:
+        for step in range(steps):
+            comm.mark_step(step + 1)
+            batch = global_batches(task_cls.data_kind, cfg, step)
+            micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
+            metrics.append(trainer.train_step(iter(micro)))
+            losses.append(metrics[-1]["loss"])
+    params = {name: p for part in trainer.parts for name, p in full_params(part, prefix(part)).items()}
+    # Replicas must hold the same weights (DDP never re-syncs them after construction).
+    checksum = torch.stack([p.double().sum() for p in params.values()])
+    replicas = [torch.empty_like(checksum) for _ in range(env.world_size)]
+    dist.all_gather(replicas, checksum)
+    if not all(torch.equal(r, checksum) for r in replicas):
+        raise AssertionError(f"rank {env.rank}: replicas diverged")
+    barrier()
+    shutdown()
+    if not env.is_main:
+        return None
+    return {"losses": losses, "metrics": metrics, "grads": first_grads, "params": params,
+            "comm": [r.to_dict() for r in comm.records]}
