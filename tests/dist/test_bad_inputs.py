@@ -4,7 +4,7 @@ import io
 import shutil
 import tarfile
 
-from tests.helpers.runs import cli, read_metrics
+from tests.helpers.runs import CODEC_SMALL_GAN, cli, read_metrics
 
 
 def _corrupt_first_flac(src, dst):
@@ -27,7 +27,7 @@ def test_corrupt_flac_member_is_skipped_and_counted(tmp_path, audio_shards, pool
     run = tmp_path / "codec"
     results = pool2.run(cli, "train", "configs/codec/tiny.yaml", f"run.dir={run}", f"data.shards={shards}",
                         "trainer.max_steps=6", "trainer.log_every=1", "trainer.progress_bar=false", "data.batch_size=4",
-                        "data.segment_seconds=0.2")
+                        "data.segment_seconds=0.2", *CODEC_SMALL_GAN)
     assert [r.value for r in results] == [0, 0]
     metrics = read_metrics(run)
     assert [m["step"] for m in metrics] == list(range(1, 7))

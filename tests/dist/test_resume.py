@@ -5,8 +5,8 @@ world size, and refuses ZeRO-3 clearly."""
 import pytest
 import torch
 
-from tests.helpers.runs import (LM_SMALL_MODEL, STRAIGHT_STEPS, assert_same_weights, cli, lm_train_args, read_metrics,
-                                weights)
+from tests.helpers.runs import (CODEC_SMALL_GAN, LM_SMALL_MODEL, STRAIGHT_STEPS, assert_same_weights, cli,
+                                lm_train_args, read_metrics, weights)
 from tests.helpers.steps import fixed_batch_steps
 
 
@@ -91,7 +91,8 @@ def test_gan_codec_resume_on_deepspeed_is_bit_identical(tmp_path, audio_shards, 
         args = ["train", "configs/codec/tiny.yaml", f"run.dir={run_dir}", f"data.shards={audio_shards}",
                 f"trainer.max_steps={max_steps}", "trainer.checkpoint_every=2", "trainer.log_every=1",
                 "trainer.progress_bar=false", "data.segment_seconds=0.2", "data.batch_size=2", "data.num_workers=0",
-                "eval_clips=0", "gan.start_step=1", "engine.name=deepspeed", "engine.deepspeed.zero_stage=2"]
+                "eval_clips=0", "gan.start_step=1", "engine.name=deepspeed", "engine.deepspeed.zero_stage=2",
+                *CODEC_SMALL_GAN]
         assert [r.value for r in pool2.run(cli, *args)] == [0, 0]
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -21,7 +21,6 @@ fake differ only in the audio.
 ``gan.enabled=false`` trains the codec on reconstruction alone (one part, any engine).
 """
 
-import functools
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +39,26 @@ from aurora.tasks.codec.artifacts import write_reconstructions
 from aurora.tasks.codec.config import DISCRIMINATOR, CodecTrainConfig
 from aurora.tasks.codec.dead_codes import DeadCodeReset
 from aurora.tasks.codec.load import load_codec
+
+_FLOPS_PER_SECOND: dict[str, int] = {}
+"""Counted FLOPs per second of audio, by architecture: a count takes seconds (every op of a
+forward and backward through FlopCounterMode), and a process may build the same recipe again
+(evaluation, tests)."""
+
+
+def train_flops_per_second(cfg: CodecTrainConfig) -> int:
+    """Forward + backward FLOPs of the step per second of audio (the codec's and, with the GAN,
+    the discriminator's), counted once per architecture on fresh CPU models, whose
+    initialisation must not move the training random streams."""
+    key = repr((cfg.model, cfg.discriminator if cfg.gan.enabled else None))
+    if key not in _FLOPS_PER_SECOND:
+        with torch.random.fork_rng(devices=[]):
+            flops = codec_train_flops(Codec(cfg.model), seconds=1.0)
+            if cfg.gan.enabled:
+                flops += discriminator_train_flops(Discriminator(cfg.discriminator), cfg.model.sample_rate)
+        _FLOPS_PER_SECOND[key] = flops
+    return _FLOPS_PER_SECOND[key]
+
 
 def _valid_only(audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero every sample beyond each item's length."""
@@ -153,21 +172,11 @@ class CodecTask(Task):
         if self.balancer is not None:
             self.balancer.load_state_dict(state["balancer"])
 
-    @functools.cached_property
-    def _train_flops_per_second(self) -> int:
-        """Forward + backward FLOPs per second of audio, counted once on a fresh CPU model (its
-        initialisation must not move the training random streams)."""
-        with torch.random.fork_rng(devices=[]):
-            flops = codec_train_flops(self.build_model(), seconds=1.0)
-            if self.cfg.gan.enabled:
-                flops += discriminator_train_flops(Discriminator(self.cfg.discriminator), self.cfg.model.sample_rate)
-            return flops
-
     def batch_items(self, batch: dict) -> dict[str, float]:
         padded_seconds = batch["audio"].shape[0] * batch["audio"].shape[-1] / self.cfg.model.sample_rate
         return {"samples": float(len(batch["keys"])),
                 "audio_seconds": batch["lengths"].sum().item() / self.cfg.model.sample_rate,
-                MODEL_FLOPS: padded_seconds * self._train_flops_per_second}
+                MODEL_FLOPS: padded_seconds * train_flops_per_second(self.cfg)}
 
     def evaluate(self, checkpoint: Path) -> dict:
         """The held-out reconstruction loss, the DAC-paper quality metrics (mel and STFT
