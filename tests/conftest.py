@@ -170,7 +170,7 @@ def _codec_run_started(request, tmp_path_factory, audio_shards):
 
 @pytest.fixture(scope="session")
 def codec_run(_codec_run_started) -> Path:
-    """The short GAN codec run (``tests.helpers.runs.codec_run_args``): 150 steps, evaluated at
+    """The short GAN codec run (``tests.helpers.runs.codec_run_args``): 100 steps, evaluated at
     its last step."""
     run_dir, task = _codec_run_started
     [result] = task.wait()

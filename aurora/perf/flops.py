@@ -79,9 +79,10 @@ def audio_lm_train_flops(cfg: AudioLMConfig, frames: int) -> int:
 
 def codec_train_flops(model: Codec, seconds: float = 1.0) -> int:
     """Forward + backward FLOPs of `model` on one clip of `seconds` of audio, counted by
-    FlopCounterMode on a real run on the model's device. The backward starts from the
-    reconstruction's mean absolute value plus the quantizer losses: it reaches every parameter
-    as the training loss does, and the loss's own STFTs are not model FLOPs (nor matmuls).
+    FlopCounterMode on a run on the model's device (on the meta device: shapes only, the same
+    count). The backward starts from the reconstruction's mean absolute value plus the
+    quantizer losses: it reaches every parameter as the training loss does, and the loss's own
+    STFTs are not model FLOPs (nor matmuls).
     Every layer is a convolution or a per-frame matmul, so the count is linear in `seconds`."""
     device = next(model.parameters()).device
     samples = round(seconds * model.cfg.sample_rate)

@@ -25,7 +25,7 @@ CODEC_SMALL_GAN = ["discriminator.periods=[2,3]", "discriminator.fft_sizes=[256,
 tests of the step's mechanics rather than of the recipe's numbers."""
 STRAIGHT_STEPS = 8
 """Steps of the shared uninterrupted LM run (the ``lm_straight`` fixture)."""
-CODEC_RUN_STEPS = 150
+CODEC_RUN_STEPS = 100
 """Steps of the shared short GAN codec run (the ``codec_run`` fixture), evaluated at its end."""
 
 

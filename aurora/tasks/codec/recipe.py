@@ -48,11 +48,12 @@ forward and backward through FlopCounterMode), and a process may build the same 
 
 def train_flops_per_second(cfg: CodecTrainConfig) -> int:
     """Forward + backward FLOPs of the step per second of audio (the codec's and, with the GAN,
-    the discriminator's), counted once per architecture on fresh CPU models, whose
-    initialisation must not move the training random streams."""
+    the discriminator's), counted once per architecture on fresh models on the meta device:
+    FLOPs depend on shapes alone, and no real arithmetic or initialisation runs (nor moves the
+    training random streams)."""
     key = repr((cfg.model, cfg.discriminator if cfg.gan.enabled else None))
     if key not in _FLOPS_PER_SECOND:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
             flops = codec_train_flops(Codec(cfg.model), seconds=1.0)
             if cfg.gan.enabled:
                 flops += discriminator_train_flops(Discriminator(cfg.discriminator), cfg.model.sample_rate)

@@ -13,13 +13,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, encode_text
-from aurora.models.codec import Codec, CodecConfig
+from aurora.models.codec import Codec, CodecConfig, Discriminator, DiscriminatorConfig
 from aurora.perf.flops import (
     attention_flops_per_token,
     audio_lm_seq_len,
     audio_lm_train_flops,
     codec_train_flops,
     decoder_matmul_params,
+    discriminator_train_flops,
     transformer_train_flops_per_token,
 )
 from aurora.models.transformer import TRANSFORMER_PRESETS, Qwen2ForCausalLM, TransformerConfig
@@ -146,3 +147,14 @@ def test_codec_flops_are_counted_and_linear_in_length():
     codec = Codec(CodecConfig())
     one, two = codec_train_flops(codec, 1.0), codec_train_flops(codec, 2.0)
     assert one > 0 and two == 2 * one
+
+
+def test_codec_and_discriminator_flops_on_meta_equal_a_real_run():
+    """The recipe counts on the meta device (no arithmetic): the count must be a real run's."""
+    cfg = CodecConfig(channels=4, latent_dim=16, decoder_channels=32)
+    disc = DiscriminatorConfig(channels=2, periods=(2,), fft_sizes=(256,))
+    real = codec_train_flops(Codec(cfg), 0.25), discriminator_train_flops(Discriminator(disc), cfg.sample_rate, 0.25)
+    with torch.device("meta"):
+        meta = (codec_train_flops(Codec(cfg), 0.25),
+                discriminator_train_flops(Discriminator(disc), cfg.sample_rate, 0.25))
+    assert meta == real and min(real) > 0
