@@ -10,6 +10,7 @@ $(INSTALLED): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m tools.build_deepspeed_ops
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)

@@ -70,9 +70,11 @@ NO_DROPOUT = "model.quantizer_dropout=0"
 """Quantizer dropout draws from each rank's own stream, so only runs without it compare exactly."""
 NO_GAN = "gan.enabled=false"
 """The codec on reconstruction alone: one part, one optimizer."""
-GAN_SGD = [NO_DROPOUT, "optim.name=sgd", "optim.lr=1e-5", "gan.optim.name=sgd", "gan.optim.lr=1e-3"]
+GAN_SGD = [NO_DROPOUT, *CODEC_SMALL_GAN, "optim.name=sgd", "optim.lr=1e-5", "gan.optim.name=sgd", "gan.optim.lr=1e-3"]
 """Both models of the GAN step on SGD, with learning rates small enough for a smooth descent (the
-generator's gradient norm is ~300).
+generator's gradient norm is ~300 with the preset's GAN), and the smaller GAN (``CODEC_SMALL_GAN``: every
+kind of sub-discriminator, fewer of each): the parity of the step is checked, not the recipe's
+numbers.
 
 AdamW divides each gradient element by its running magnitude, so for an element whose gradient is
 near AdamW's epsilon a rounding-level difference (the reduction orders differ) becomes a visible
