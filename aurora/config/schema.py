@@ -97,8 +97,9 @@ class TrainerConfig:
     rank), with a checkpoint of the last good weights and exit code 3."""
     hang_timeout_s: Optional[float] = 1800.0
     """A rank that completes no step (or checkpoint) for this long dumps every thread's stack
-    and exits with code 124, so the launcher restarts the job; null disables the watchdog.
-    Must be shorter than ``dist.timeout_s`` and longer than the slowest step plus a save."""
+    and exits with code 124, so the launcher restarts the job; null disables the watchdog. The
+    clock starts at the first step a process completes (loader start-up and warm-up are not
+    timed). Must be shorter than ``dist.timeout_s`` and longer than the slowest step plus a save."""
     eval_every: int = 0
     """Every N steps, rank 0 computes the loss on ``data.eval_shards`` from the checkpoint just
     written (a multiple of ``checkpoint_every``); 0 disables evaluation."""

@@ -3,6 +3,10 @@ every thread (faulthandler) under a line naming the rank and step, then exits wi
 ``HANG_EXIT_CODE``; torchrun sees a failed worker, stops the group and restarts it from the
 latest checkpoint.
 
+The clock starts at the first step a (re)started process completes: the first step also starts
+the data loader's workers and compiles or warms up whatever runs lazily, which takes as long as
+it takes on a loaded machine. A hang before it ends in the process group's timeout.
+
 A Python thread does the waiting so the message can carry the rank; it needs the GIL, so for a
 hang inside C code that holds it faulthandler's own C timer fires as a backstop at twice the
 timeout (it dumps and exits without the GIL).
@@ -34,9 +38,6 @@ class HangWatchdog:
         self._thread = threading.Thread(target=self._watch, name="aurora-hang-watchdog", daemon=True)
 
     def __enter__(self) -> "HangWatchdog":
-        if self.timeout_s is not None:
-            self.beat(self.step)
-            self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -45,11 +46,14 @@ class HangWatchdog:
             faulthandler.cancel_dump_traceback_later()
 
     def beat(self, step: int) -> None:
-        """Progress was made (a step or a checkpoint finished): restart the clock."""
+        """Progress was made (a step or a checkpoint finished): restart the clock (the first beat
+        starts it)."""
         self.step = step
         self._last_beat = time.monotonic()
         if self.timeout_s is not None:
             faulthandler.dump_traceback_later(2 * self.timeout_s, exit=True)
+            if self._thread.ident is None:  # never started
+                self._thread.start()
 
     def _watch(self) -> None:
         while not self._stopped.wait(min(1.0, self.timeout_s / 4)):
