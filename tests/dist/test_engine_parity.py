@@ -26,11 +26,11 @@ RECIPES = {
 }
 
 
-def _run(pool, tmp_path, recipe: str, shards, name: str, *overrides: str, record_collectives: bool = False) -> dict:
+def _run(pool, tmp_path, recipe: str, shards, name: str, *overrides: str) -> dict:
     """``fixed_batch_steps`` of ``recipe`` on every rank of ``pool``; rank 0's result."""
     config, base = RECIPES[recipe]
     args = [f"run.dir={tmp_path / name}", f"data.shards={shards}", "trainer.progress_bar=false", *base, *overrides]
-    return pool.run(fixed_batch_steps, config, args, record_collectives=record_collectives)[0].value
+    return pool.run(fixed_batch_steps, config, args)[0].value
 
 
 def _assert_same(ref: dict, other: dict, rtol: float, atol: float) -> None:
@@ -52,8 +52,7 @@ def lm_runs(tmp_path_factory, token_shards, pool1, pool2) -> dict:
     runs = {("single", n): _run(pool1, tmp, "lm", token_shards, f"single{n}", f"trainer.grad_accum_steps={n}")
             for n in (1, 4)}
     for engine, overrides in engine_overrides(tmp).items():
-        runs[engine, 2] = _run(pool2, tmp, "lm", token_shards, engine, "trainer.grad_accum_steps=2", *overrides,
-                               record_collectives=True)
+        runs[engine, 2] = _run(pool2, tmp, "lm", token_shards, engine, "trainer.grad_accum_steps=2", *overrides)
     return runs
 
 

@@ -25,7 +25,7 @@ SGD = ["optim.name=sgd", "optim.momentum=0.9", "optim.lr=0.05"]
 
 def _steps(pool, tmp_path, shards, name: str, *overrides) -> dict:
     args = [f"run.dir={tmp_path / name}", f"data.shards={shards}", *LM, *overrides]
-    return pool.run(fixed_batch_steps, "configs/lm/tiny.yaml", args, record_collectives=True)[0].value
+    return pool.run(fixed_batch_steps, "configs/lm/tiny.yaml", args)[0].value
 
 
 def _assert_same(ref: dict, other: dict) -> None:

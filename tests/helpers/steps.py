@@ -6,11 +6,10 @@ step: ``GLOBAL_BATCH`` examples generated from a fixed seed, each rank taking it
 slice, cut into ``trainer.grad_accum_steps`` micro-batches. ``fixed_batch_steps`` runs on every
 rank of a pool (or one process) and returns, on rank 0, the per-step losses and metrics, the
 gradients of the first step and the final parameters (all as full tensors; an extra part's,
-such as a GAN's discriminator, named ``<part>.<parameter>``), and, when asked, every collective
-the rank issued during the steps (``aurora.perf.comm_log``), tagged by step; None on other ranks.
+such as a GAN's discriminator, named ``<part>.<parameter>``), with every collective the rank
+issued during the steps (``aurora.perf.comm_log``), tagged by step; None on other ranks.
 """
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -86,11 +85,9 @@ def full_params(part, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = None,
-                      steps: int = STEPS, record_collectives: bool = False) -> dict | None:
+                      steps: int = STEPS) -> dict | None:
     """``steps`` optimizer steps of ``config`` with ``overrides`` (from checkpoint ``resume``'s
-    weights and optimizer state, if given). Raises if the replicas end with different weights.
-    ``record_collectives`` adds ``"comm"``: the log sees every op of the step (a Python call
-    each, a sixth of a GAN codec step's time), so only the runs whose traffic is checked pay it."""
+    weights and optimizer state, if given). Raises if the replicas end with different weights."""
     task_cls = get_task(peek_task(config))
     cfg = load_config(task_cls.config_class, config, overrides)
     env = init_distributed(cfg.dist)
@@ -118,8 +115,7 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
     for part in trainer.parts:
         part.engine.apply_step = recorder(part)
     losses, metrics = [], []
-    comm = CollectiveLog()
-    with comm if record_collectives else contextlib.nullcontext():
+    with CollectiveLog() as comm:
         for step in range(steps):
             comm.mark_step(step + 1)
             batch = global_batches(task_cls.data_kind, cfg, step)
@@ -137,7 +133,5 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
     shutdown()
     if not env.is_main:
         return None
-    out = {"losses": losses, "metrics": metrics, "grads": first_grads, "params": params}
-    if record_collectives:
-        out["comm"] = [r.to_dict() for r in comm.records]
-    return out
+    return {"losses": losses, "metrics": metrics, "grads": first_grads, "params": params,
+            "comm": [r.to_dict() for r in comm.records]}
