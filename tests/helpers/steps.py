@@ -13,6 +13,7 @@ issued during the steps (``aurora.perf.comm_log``), tagged by step; None on othe
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -135,3 +136,19 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
         return None
     return {"losses": losses, "metrics": metrics, "grads": first_grads, "params": params,
             "comm": [r.to_dict() for r in comm.records]}
+
+
+def assert_same_steps(ref: dict, other: dict, rtol: float = 2e-4, atol: float = 2e-5, reduced: bool = True) -> None:
+    """Two ``fixed_batch_steps`` results agree: losses and final weights, and, with ``reduced``,
+    every part's gradient norms and the first-step gradients where recorded (not for runs whose
+    ranks step on node-local gradients, such as hierarchical sync)."""
+    assert ref["losses"] == pytest.approx(other["losses"], rel=rtol, abs=atol)
+    if reduced:
+        for key in (k for k in ref["metrics"][0] if k.endswith("grad_norm")):
+            norms = [[m[key] for m in run["metrics"]] for run in (ref, other)]
+            assert norms[0] == pytest.approx(norms[1], rel=rtol, abs=atol), key
+        assert not other["grads"] or ref["grads"].keys() == other["grads"].keys()
+        for name in other["grads"]:
+            torch.testing.assert_close(other["grads"][name], ref["grads"][name], rtol=rtol, atol=atol, msg=name)
+    for name in ref["params"]:
+        torch.testing.assert_close(other["params"][name], ref["params"][name], rtol=rtol, atol=atol, msg=name)
