@@ -247,7 +247,8 @@ class SyncConfig:
 @dataclass
 class DistConfig:
     backend: Backend = Backend.auto
-    """Collective backend: auto picks nccl when CUDA is available, else gloo."""
+    """Collective backend: auto picks nccl when CUDA is available, else gloo. gloo keeps every
+    tensor on the CPU (the job trains on the CPU, also where GPUs exist)."""
     timeout_s: int = 2400
     """Timeout of every collective, in seconds. Longer than ``trainer.hang_timeout_s``, so a
     hang is reported by the watchdog (with every thread's stack) before a collective times out."""

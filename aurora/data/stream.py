@@ -260,9 +260,12 @@ class ResumableLoader:
     Each ``iter()`` continues where the batches taken so far (or a loaded state) left off.
     """
 
-    def __init__(self, stream: BatchStream, num_workers: int, kind: str, world_size: int, digest: str):
+    def __init__(self, stream: BatchStream, num_workers: int, kind: str, world_size: int, digest: str,
+                 pin_memory: bool = False):
         self.stream = stream
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        """Batches in page-locked memory, so that ``batch_to_device``'s copy to a GPU is asynchronous."""
         self.kind = kind
         self.world_size = world_size
         self.digest = digest
@@ -273,7 +276,7 @@ class ResumableLoader:
         self.stream.start_batches = self.batches
         self.stream.start_cursors = list(self.cursors)
         # Its own generator: creating worker seeds must not draw from the trainer's global RNG.
-        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                             generator=torch.Generator().manual_seed(self.stream.seed),
                             worker_init_fn=_own_process_group)
         for role, cursor, batch in loader:
@@ -341,8 +344,9 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int):
-    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio" or "tokens")."""
+def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int, pin_memory: bool = False):
+    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio" or "tokens");
+    ``pin_memory`` for a trainer on a GPU."""
     _check(cfg, kind, rank, world_size)
     urls, manifest = resolve_shards(cfg.shards)
     if manifest is not None and manifest["kind"] != kind:
@@ -390,7 +394,7 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
     plan = EpochPlan(counts, seed, readers)
     stream = BatchStream(urls, expected, problems, plan, examples, cfg.batch_size, buckets, cfg.shuffle_buffer,
                          seed, rank, cfg.num_workers)
-    return ResumableLoader(stream, cfg.num_workers, kind, world_size, _shards_digest(urls, counts))
+    return ResumableLoader(stream, cfg.num_workers, kind, world_size, _shards_digest(urls, counts), pin_memory)
 
 
 def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:

@@ -65,6 +65,26 @@ def read_launch_env() -> dict[str, int]:
     return dict(rank=0, world_size=1, local_rank=0, local_world_size=1, node_rank=0, num_nodes=1)
 
 
+def pick_device(backend: Backend, local_rank: int, local_world_size: int, gpus: int) -> torch.device:
+    """This process's device: GPU ``local_rank`` of the ``gpus`` it sees, or the CPU without GPUs
+    or with ``dist.backend=gloo`` (gloo reduces CPU tensors: the job trains on the CPU).
+
+    More processes on a node than GPUs would put two ranks on one GPU, which NCCL refuses (and
+    which halves each rank's memory): that is an error, unless each process sees one GPU of its
+    own (``CUDA_VISIBLE_DEVICES`` set per process, as ``srun --gpus-per-task=1`` does)."""
+    if backend == Backend.gloo or gpus == 0:
+        if backend == Backend.nccl:
+            raise RuntimeError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo (or auto) on CPU")
+        return torch.device("cpu")
+    if local_world_size > gpus and not (gpus == 1 and os.environ.get("CUDA_VISIBLE_DEVICES")):
+        raise RuntimeError(
+            f"{local_world_size} processes on this node but {gpus} GPU{'s' if gpus > 1 else ''}: each rank needs a "
+            f"GPU of its own. Start at most {gpus} per node (NPROC={gpus} launch/torchrun.sh, "
+            f"--nproc-per-node {gpus}), give each process its own CUDA_VISIBLE_DEVICES, or set dist.backend=gloo "
+            f"to train on the CPU")
+    return torch.device("cuda", local_rank % gpus)
+
+
 _created: list[dist.ProcessGroup] = []
 """The default process group, when ``init_distributed`` created it (``shutdown`` destroys only that)."""
 
@@ -73,14 +93,11 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
     """Pick the device and backend, and join the default process group: the one this process
     already has (a caller that set one up, such as a test's worker pool), or a new one."""
     launch = read_launch_env()
-    if torch.cuda.is_available():
-        device = torch.device("cuda", launch["local_rank"] % torch.cuda.device_count())
+    device = pick_device(cfg.backend, launch["local_rank"], launch["local_world_size"],
+                         torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     backend = cfg.backend.value if cfg.backend != Backend.auto else ("nccl" if device.type == "cuda" else "gloo")
-    if backend == "nccl" and device.type != "cuda":
-        raise RuntimeError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo (or auto) on CPU")
     if not dist.is_initialized():
         timeout = timedelta(seconds=cfg.timeout_s)
         if launch["world_size"] == 1 and "MASTER_ADDR" not in os.environ:

@@ -6,7 +6,10 @@ and accumulation; a user JSON (``engine.deepspeed.config``) is merged over it. T
 AdamW and LR schedule are kept: DeepSpeed wraps the optimizer and steps it.
 
 Precision: bf16 runs as torch autocast around DeepSpeed's fp32 parameters (as on the other
-engines), so gradients are reduced in fp32.
+engines), so gradients are reduced in fp32. DeepSpeed's forward decides autocast for itself
+(``runtime/torch_autocast.py``): on CUDA, an autocast it finds enabled around it is switched
+off unless its config has a ``torch_autocast`` section, so the generated config always has one in
+bf16, with no "lower precision safe" modules (their gradients would be reduced in bf16).
 
 Gradient accumulation is DeepSpeed's own: the loop marks the last micro-batch as the boundary.
 Stages 1 reduce once per step; stages 2 and 3 keep gradients partitioned, so they
@@ -38,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aurora.config.schema import EngineConfig, TrainConfig
+from aurora.config.schema import EngineConfig, Precision, TrainConfig
 from aurora.distributed import DistEnv, barrier
 from aurora.engines.base import Engine, OptimizerFactory
 from aurora.engines.capabilities import Capabilities
@@ -96,6 +99,8 @@ def deepspeed_config_dict(cfg: TrainConfig) -> dict:
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**62,
     }
+    if cfg.engine.precision == Precision.bf16:
+        generated["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     if e.config is None:
         return generated
     path = Path(e.config)
@@ -271,7 +276,8 @@ class DeepSpeedEngine(Engine):
 
     @torch.no_grad()
     def _load_partitions(self, model: nn.Module, folder: Path) -> None:
-        saved = torch.load(folder / PARTITIONS.format(rank=self.env.rank), weights_only=True)["partitions"]
+        saved = torch.load(folder / PARTITIONS.format(rank=self.env.rank), map_location="cpu",
+                           weights_only=True)["partitions"]
         for shard, (name, _) in zip(self.local_shards(model), self.unwrap(model).named_parameters()):
             shard.copy_(saved[name])
 
@@ -305,7 +311,7 @@ def consolidated_weights(folder: Path) -> dict[str, torch.Tensor] | None:
     files = sorted(folder.glob(PARTITIONS.replace("{rank:05d}", "*")))
     if not files:
         return None
-    ranks = [torch.load(path, weights_only=True) for path in files]
+    ranks = [torch.load(path, map_location="cpu", weights_only=True) for path in files]
     # Rank r holds elements [r * n, (r + 1) * n) of the flattened parameter, padded at the end.
     return {name: torch.cat([r["partitions"][name] for r in ranks])[:math.prod(shape)].view(shape)
             for name, shape in ranks[0]["shapes"].items()}

@@ -5,7 +5,12 @@ Meshes: the whole world (default); ``(replicate, shard)`` with shard = one node 
 (``engine.fsdp.hsdp``); one node alone under ``sync.mode=hierarchical``, whose cross-node exchange
 is the periodic parameter average instead. A frozen part is sharded on the same mesh, its
 parameters without gradients (so never reduce-scattered) and resharded after every forward: no
-backward comes to free them."""
+backward comes to free them.
+
+bf16: FSDP2's ``MixedPrecisionPolicy`` gathers parameters in bf16 and reduces gradients in fp32,
+and the micro-batch runs under the same autocast as on the other engines (``Engine.autocast``):
+a module that computes in fp32 inside a unit (the discriminators' STFT, the mel filterbank)
+hands fp32 activations to bf16 weights, which autocast casts and a bare convolution refuses."""
 
 import contextlib
 
@@ -53,11 +58,6 @@ class FSDPEngine(Engine):
 
     def gradient_sync(self, model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
         model.set_requires_gradient_sync(enabled)
-        return contextlib.nullcontext()
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        # FSDP2 casts parameters through its MixedPrecisionPolicy; autocast on top would
-        # only add casts.
         return contextlib.nullcontext()
 
     @torch.no_grad()

@@ -10,6 +10,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+from aurora.models.codec.layers import fp32_region
+
 
 def _sample_mask(lengths: Tensor, num_samples: int) -> Tensor:
     return torch.arange(num_samples, device=lengths.device) < lengths[:, None]
@@ -72,12 +74,15 @@ class MultiScaleMelLoss(nn.Module):
     def _log_mel(self, x: Tensor, n_fft: int) -> Tensor:
         """[B, C, S] -> [B, C, n_mels, frames]."""
         window = getattr(self, f"window_{n_fft}")
-        spec = AF.spectrogram(
-            x, pad=0, window=window, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft,
-            power=1.0, normalized=False, center=True, pad_mode="reflect",
-        )
-        mel = (spec.transpose(-1, -2) @ getattr(self, f"fbank_{n_fft}")).transpose(-1, -2)
-        return mel.clamp(min=self.clamp_eps).log10()
+        # In fp32 under autocast too: the filterbank matmul would run in bf16, and the log of
+        # quiet bins amplifies its rounding.
+        with fp32_region(x.device):
+            spec = AF.spectrogram(
+                x.float(), pad=0, window=window, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft,
+                power=1.0, normalized=False, center=True, pad_mode="reflect",
+            )
+            mel = (spec.transpose(-1, -2) @ getattr(self, f"fbank_{n_fft}")).transpose(-1, -2)
+            return mel.clamp(min=self.clamp_eps).log10()
 
     def forward(self, x: Tensor, y: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x, y: [B, C, S] audio; lengths: [B] valid samples per item (None: all valid)."""

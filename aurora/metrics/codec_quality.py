@@ -62,6 +62,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aurora.models.codec.quantizer import code_counts
+
 if TYPE_CHECKING:
     from aurora.models.codec import Codec, CodecConfig
 
@@ -221,13 +223,6 @@ def bitrate_kbps(cfg: CodecConfig, n_q: int | None = None) -> float:
     """kbit/s of the first n_q codebooks (all by default): frame_rate * n_q * log2(codebook_size) / 1000."""
     n_q = cfg.n_q if n_q is None else n_q
     return cfg.frame_rate * n_q * math.log2(cfg.codebook_size) / 1000.0
-
-
-def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
-    """How often each entry of each codebook occurs in codes [B, k, T]: long [k, codebook_size]."""
-    k = codes.shape[1]
-    flat = codes.transpose(0, 1).reshape(k, -1) + torch.arange(k, device=codes.device)[:, None] * codebook_size
-    return torch.bincount(flat.flatten(), minlength=k * codebook_size).view(k, codebook_size)
 
 
 def usage_stats(counts: Tensor) -> tuple[Tensor, Tensor]:

@@ -230,5 +230,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
                                     f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
         dcp.load(app_state, checkpoint_id=path)
-        rank_state = torch.load(rank_file(path, self.env.rank % saved), weights_only=False)
-        return rank_state, torch.load(path / SHARED_FILE, weights_only=False)
+        # On the CPU whatever device saved them (a GPU index another node may not have); the
+        # loop places what it restores.
+        rank_state = torch.load(rank_file(path, self.env.rank % saved), map_location="cpu", weights_only=False)
+        return rank_state, torch.load(path / SHARED_FILE, map_location="cpu", weights_only=False)

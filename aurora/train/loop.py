@@ -163,7 +163,8 @@ class Trainer:
         self.scheduler, self.outer_sync = main_part.scheduler, main_part.outer_sync
         every = [*self.parts, *self.frozen]
         self.models = PartModels({part.name: part.model for part in every}, {part.name: part.engine for part in every})
-        self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed)
+        self.loader = build_loader(cfg.data, self.task.data_kind, env.rank, env.world_size, cfg.run.seed,
+                                   pin_memory=env.device.type == "cuda")
         self.nonfatal = NonFatal(env.rank)
         self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
                                          cfg.trainer.async_checkpoint)

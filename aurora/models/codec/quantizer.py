@@ -179,15 +179,22 @@ def draw_stages(batch: int, n_q: int, dropout: float, generator: torch.Generator
     return torch.where(dropped, k, n_q).to(n_q_used.device)
 
 
+def code_counts(codes: Tensor, codebook_size: int) -> Tensor:
+    """How often each entry of each codebook occurs in codes [B, k, T]: long [k, codebook_size].
+
+    A scatter-add into a tensor of known size: ``torch.bincount`` reads its input's maximum back
+    to the host to size its output, a GPU sync on every micro-batch."""
+    k = codes.shape[1]
+    flat = codes.transpose(0, 1).reshape(k, -1) + torch.arange(k, device=codes.device)[:, None] * codebook_size
+    counts = torch.zeros(k * codebook_size, dtype=torch.long, device=codes.device)
+    return counts.index_add_(0, flat.flatten(), torch.ones_like(flat.flatten())).view(k, codebook_size)
+
+
 def codebook_usage(codes: Tensor, codebook_size: int) -> Tensor:
     """Perplexity of each stage's code distribution in codes [B, n_q, T] -> [n_q].
 
     codebook_size when every entry is used equally often, 1 when a stage collapsed to one entry.
     """
-    n_q = codes.shape[1]
-    per_stage = codes.transpose(0, 1).reshape(n_q, -1)
-    offsets = torch.arange(n_q, device=codes.device)[:, None] * codebook_size
-    counts = torch.bincount((per_stage + offsets).flatten(), minlength=n_q * codebook_size)
-    p = counts.view(n_q, codebook_size).float()
+    p = code_counts(codes, codebook_size).float()
     p = p / p.sum(1, keepdim=True)
     return torch.exp(-torch.special.xlogy(p, p).sum(1))

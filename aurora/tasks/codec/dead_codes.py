@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from aurora.distributed import all_reduce_sum
 from aurora.engines import Engine
+from aurora.models.codec.quantizer import code_counts
 
 
 class DeadCodeReset:
@@ -31,9 +32,7 @@ class DeadCodeReset:
     def observe(self, codes: torch.Tensor, lookup_inputs: torch.Tensor) -> None:
         """codes [B, n_q, T], lookup_inputs [B, n_q, codebook_dim, T] of one micro-batch."""
         n_q = codes.shape[1]
-        offsets = torch.arange(n_q, device=codes.device)[:, None] * self.codebook_size
-        flat = (codes.transpose(0, 1).reshape(n_q, -1) + offsets).flatten()
-        self.counts += torch.bincount(flat, minlength=n_q * self.codebook_size).view(n_q, -1)
+        self.counts += code_counts(codes, self.codebook_size)
         self.pool = lookup_inputs.detach().permute(1, 0, 3, 2).reshape(n_q, -1, lookup_inputs.shape[2])
 
     @torch.no_grad()

@@ -3,7 +3,7 @@
 import pytest
 
 from aurora.config import ConfigError, load_config, to_yaml
-from aurora.config.schema import EngineName
+from aurora.config.schema import EngineName, Precision
 from aurora.tasks.codec import CodecTrainConfig
 from aurora.tasks.lm import LMTrainConfig
 
@@ -70,6 +70,10 @@ def test_deepspeed_config_is_generated_and_a_user_json_wins(tmp_path):
     assert (zero["stage"], zero["reduce_bucket_size"], zero["offload_optimizer"]["device"]) == (3, 1000, "cpu")
     assert zero["memory_efficient_linear"] is False  # else ZeRO-3 patches F.linear for the whole process
     assert (generated["gradient_accumulation_steps"], generated["gradient_clipping"]) == (4, 2.0)
+    assert "torch_autocast" not in generated  # fp32
+    cfg.engine.precision = Precision.bf16  # DeepSpeed's own autocast, or on CUDA it switches aurora's off
+    assert deepspeed_config_dict(cfg)["torch_autocast"] == {"enabled": True, "dtype": "bfloat16",
+                                                            "lower_precision_safe_modules": []}
     user = tmp_path / "ds.json"
     user.write_text('{"zero_optimization": {"reduce_bucket_size": 5, "stage3_max_live_parameters": 7}}')
     cfg.engine.deepspeed.config = str(user)

@@ -1,6 +1,7 @@
 """Where a process sits in the job, from torchrun's or slurm's variables."""
 
 import pytest
+import torch
 
 from aurora.distributed import read_launch_env
 
@@ -38,3 +39,29 @@ def test_torchrun_wins_over_slurm(clean_env):
                             LOCAL_WORLD_SIZE="2", GROUP_RANK="1").items():
         clean_env.setenv(name, value)
     assert read_launch_env()["rank"] == 3
+
+
+def test_each_rank_gets_its_own_gpu_or_the_cpu(clean_env):
+    from aurora.config.schema import Backend
+    from aurora.distributed.env import pick_device
+
+    assert pick_device(Backend.auto, 3, 8, 8) == torch.device("cuda", 3)
+    assert pick_device(Backend.auto, 1, 2, 0) == torch.device("cpu")
+    assert pick_device(Backend.gloo, 1, 2, 8) == torch.device("cpu")  # gloo: the job trains on the CPU
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "5")  # one GPU of its own per process (srun --gpus-per-task=1)
+    assert pick_device(Backend.auto, 1, 8, 1) == torch.device("cuda", 0)
+
+
+def test_more_ranks_than_gpus_is_refused_with_what_to_do(clean_env):
+    from aurora.config.schema import Backend
+    from aurora.distributed.env import pick_device
+
+    clean_env.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(RuntimeError, match=r"2 processes on this node but 1 GPU: each rank needs a GPU of its own\. "
+                                           r"Start at most 1 per node \(NPROC=1 .*or set dist\.backend=gloo"):
+        pick_device(Backend.auto, 1, 2, 1)
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # shared, not one per process
+    with pytest.raises(RuntimeError, match="4 processes on this node but 2 GPUs"):
+        pick_device(Backend.nccl, 0, 4, 2)
+    with pytest.raises(RuntimeError, match="dist.backend=nccl needs CUDA devices"):
+        pick_device(Backend.nccl, 0, 1, 0)

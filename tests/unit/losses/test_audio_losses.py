@@ -52,6 +52,14 @@ def test_matches_reference_without_lengths(loss_fn):
     torch.testing.assert_close(loss_fn(x, y).double(), expected, rtol=1e-5, atol=0)
 
 
+def test_bf16_autocast_leaves_the_loss_in_fp32(loss_fn):
+    """The filterbank matmul and the log run in fp32 under autocast too: the same loss, to the bit."""
+    x, y = torch.randn(2, 1, 5000), torch.randn(2, 1, 5000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = loss_fn(x, y)
+    assert under_autocast.dtype == torch.float32 and torch.equal(under_autocast, loss_fn(x, y))
+
+
 def test_zero_for_identical_inputs(loss_fn):
     x = torch.randn(2, 1, 4000)
     assert loss_fn(x, x.clone(), torch.tensor([4000, 2500])).item() == 0.0

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from aurora.models.codec import Codec, CodecConfig
+from aurora.models.codec.quantizer import code_counts
 from aurora.metrics import codec_quality as cq
 from aurora.tasks.codec import export_codec
 from aurora.tasks.codec.artifacts import write_reconstructions
@@ -173,7 +174,10 @@ def test_usage_stats_of_known_distributions():
     assert entropy.tolist() == pytest.approx([1.0, 0.0, 0.5])
     assert perplexity.tolist() == pytest.approx([4.0, 1.0, 2.0])
     codes = torch.tensor([[[0, 1, 1], [3, 3, 3]]])  # [B=1, k=2, T=3]
-    assert cq.code_counts(codes, 4).tolist() == [[1, 2, 0, 0], [0, 0, 0, 3]]
+    assert code_counts(codes, 4).tolist() == [[1, 2, 0, 0], [0, 0, 0, 3]]
+    codes = torch.randint(0, 64, (3, 4, 50))  # the scatter-add (no host sync on a GPU) against bincount
+    per_book = [torch.bincount(codes[:, k].flatten(), minlength=64) for k in range(4)]
+    assert torch.equal(code_counts(codes, 64), torch.stack(per_book))
 
 
 def batch_of(lengths: list[int], seconds: float = 0.5, seed: int = 0) -> dict:
