@@ -72,9 +72,9 @@ def pick_device(backend: Backend, local_rank: int, local_world_size: int, gpus: 
     More processes on a node than GPUs would put two ranks on one GPU, which NCCL refuses (and
     which halves each rank's memory): that is an error, unless each process sees one GPU of its
     own (``CUDA_VISIBLE_DEVICES`` set per process, as ``srun --gpus-per-task=1`` does)."""
+    if backend == Backend.nccl and gpus == 0:
+        raise RuntimeError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo (or auto) on CPU")
     if backend == Backend.gloo or gpus == 0:
-        if backend == Backend.nccl:
-            raise RuntimeError("dist.backend=nccl needs CUDA devices; use dist.backend=gloo (or auto) on CPU")
         return torch.device("cpu")
     if local_world_size > gpus and not (gpus == 1 and os.environ.get("CUDA_VISIBLE_DEVICES")):
         raise RuntimeError(

@@ -78,7 +78,7 @@ class MultiScaleMelLoss(nn.Module):
         # quiet bins amplifies its rounding.
         with fp32_region(x.device):
             spec = AF.spectrogram(
-                x.float(), pad=0, window=window, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft,
+                x, pad=0, window=window, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft,
                 power=1.0, normalized=False, center=True, pad_mode="reflect",
             )
             mel = (spec.transpose(-1, -2) @ getattr(self, f"fbank_{n_fft}")).transpose(-1, -2)

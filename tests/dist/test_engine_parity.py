@@ -15,7 +15,7 @@ import torch
 
 from aurora.perf.traffic import collective_bytes_per_step
 from tests.helpers.comm import lm_param_counts, model_state_bytes
-from tests.helpers.runs import CODEC_SMALL_GAN, GAN_SGD
+from tests.helpers.runs import CODEC_SMALL_GAN, GAN_SGD, NO_DROPOUT
 from tests.helpers.steps import STEPS, assert_same_steps, engine_overrides, fixed_batch_steps
 
 
@@ -26,11 +26,12 @@ RECIPES = {
 }
 
 
-def _run(pool, tmp_path, recipe: str, shards, name: str, *overrides: str) -> dict:
-    """``fixed_batch_steps`` of ``recipe`` on every rank of ``pool``; rank 0's result."""
+def _run(pool, tmp_path, recipe: str, shards, name: str, *overrides: str, steps=fixed_batch_steps) -> dict:
+    """``steps`` (``fixed_batch_steps`` or a wrapper of it) of ``recipe`` on every rank of ``pool``;
+    rank 0's result."""
     config, base = RECIPES[recipe]
     args = [f"run.dir={tmp_path / name}", f"data.shards={shards}", "trainer.progress_bar=false", *base, *overrides]
-    return pool.run(fixed_batch_steps, config, args)[0].value
+    return pool.run(steps, config, args)[0].value
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,6 @@ def test_every_engine_with_accumulation_matches_single_process_lm(lm_runs, engin
     assert_same_steps(single, lm_runs[engine, 4 if engine == "single" else 2])
 
 
-NO_DROPOUT = "model.quantizer_dropout=0"
-"""Quantizer dropout draws from each rank's own stream, so only runs without it compare exactly."""
 NO_GAN = "gan.enabled=false"
 """The codec on reconstruction alone: one part, one optimizer."""
 
@@ -184,12 +183,11 @@ def test_bf16_trains_every_recipe_on_every_engine(tmp_path, token_shards, audio_
     The codec runs its convolutions on ATen's kernels (oneDNN off): on an AVX-512-BF16/AMX Xeon,
     oneDNN's bf16 path gives the GAN step non-finite discriminator losses from the first step,
     an open defect (the CPU path only; the GPU's is cuDNN's)."""
-    overrides = engine_overrides(tmp_path)[engine]
-    codec_args = [f"run.dir={tmp_path / engine}", f"data.shards={audio_shards}", "trainer.progress_bar=false",
-                  *RECIPES["codec"][1], *overrides, *GAN_SGD, "engine.precision=bf16"]
+    overrides = [*engine_overrides(tmp_path)[engine], "engine.precision=bf16"]
     runs = {"lm": (lm_runs[engine, 2], _run(pool2, tmp_path, "lm", token_shards, f"lm_{engine}", *overrides,
-                                             "trainer.grad_accum_steps=2", "engine.precision=bf16")),
-            "codec": (gan_single, pool2.run(steps_without_onednn, RECIPES["codec"][0], codec_args)[0].value)}
+                                             "trainer.grad_accum_steps=2")),
+            "codec": (gan_single, _run(pool2, tmp_path, "codec", audio_shards, f"codec_{engine}", *overrides, *GAN_SGD,
+                                       steps=steps_without_onednn))}
     for recipe, (fp32, bf16) in runs.items():
         assert bf16["losses"] == pytest.approx(fp32["losses"], rel=2e-2), recipe
         assert bf16["losses"] != fp32["losses"], recipe

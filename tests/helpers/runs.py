@@ -23,12 +23,14 @@ CODEC_SMALL_GAN = ["discriminator.periods=[2,3]", "discriminator.fft_sizes=[256,
                    "loss.mel_n_mels=[10,40]"]
 """The tiny codec's GAN with fewer sub-discriminators and mel scales (every kind still there), for
 tests of the step's mechanics rather than of the recipe's numbers."""
-GAN_SGD = ["model.quantizer_dropout=0", *CODEC_SMALL_GAN, "optim.name=sgd", "optim.lr=1e-5", "gan.optim.name=sgd",
+NO_DROPOUT = "model.quantizer_dropout=0"
+"""Quantizer dropout draws from each rank's own stream, so only runs without it compare exactly."""
+GAN_SGD = [NO_DROPOUT, *CODEC_SMALL_GAN, "optim.name=sgd", "optim.lr=1e-5", "gan.optim.name=sgd",
            "gan.optim.lr=1e-3"]
 """Both models of the GAN step on SGD, with learning rates small enough for a smooth descent (the
 generator's gradient norm is ~300 with the preset's GAN), and the smaller GAN (``CODEC_SMALL_GAN``: every
 kind of sub-discriminator, fewer of each): the parity of the step is checked, not the recipe's
-numbers. Quantizer dropout is off: each rank draws its own.
+numbers.
 
 AdamW divides each gradient element by its running magnitude, so for an element whose gradient is
 near AdamW's epsilon a rounding-level difference (the reduction orders differ) becomes a visible
