@@ -3,10 +3,9 @@
 import argparse
 import sys
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data import DataError
+from aurora.distributed.error_file import record_atomically
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -28,7 +27,7 @@ def _train(args: argparse.Namespace) -> None:
         shutdown()
 
 
-@record  # under torchrun: an uncaught error goes to the agent's error file, with this rank's traceback
+@record_atomically  # under torchrun: an uncaught error goes to the agent's error file, with this rank's traceback
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aurora", description="Distributed training for audio models.")
     commands = parser.add_subparsers(dest="command", required=True)
