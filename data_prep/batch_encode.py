@@ -59,6 +59,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from aurora.precision import bf16_autocast
+
 BATCHING = ("auto", "masked", "equal-length", "single")
 DEFAULT_BATCH_SECONDS = {"cuda": 200.0, "cpu": 2.0}
 DEFAULT_BUCKET_WINDOW = 1024
@@ -150,10 +152,6 @@ def length_masks(codec: nn.Module, frames: torch.Tensor, padded_frames: int) -> 
             handle.remove()
 
 
-def _autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def encode_batch(codec: nn.Module, clips: list[torch.Tensor], device: torch.device, precision: str,
                  masked: bool) -> list[torch.Tensor]:
     """Codes (int16 [n_q, ceil(len / hop)], on the CPU) of each clip (FloatTensor [len]),
@@ -166,7 +164,7 @@ def encode_batch(codec: nn.Module, clips: list[torch.Tensor], device: torch.devi
         batch[i, 0, : len(clip)] = clip
     uneven = masked and min(frames) != padded
     masks = length_masks(codec, torch.tensor(frames), padded) if uneven else contextlib.nullcontext()
-    with torch.inference_mode(), _autocast(device, precision), masks:
+    with torch.inference_mode(), bf16_autocast(device.type, enabled=precision == "bf16"), masks:
         codes = codec.encode(batch.to(device, non_blocking=True))
     codes = codes.to(torch.int16).cpu()
     return [codes[i, :, : frames[i]] for i in range(len(clips))]

@@ -16,6 +16,7 @@ from aurora.config.schema import EngineConfig, Precision, SyncMode, TrainConfig
 from aurora.distributed import DistEnv
 from aurora.distributed.mesh import node_mesh
 from aurora.engines.capabilities import Capabilities
+from aurora.precision import bf16_autocast
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 
@@ -67,9 +68,7 @@ class Engine(ABC):
         last micro-batch of an accumulation window, so gradients are reduced once per step."""
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.precision == Precision.bf16:
-            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.env.device.type, enabled=self.cfg.precision == Precision.bf16)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
