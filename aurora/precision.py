@@ -66,8 +66,9 @@ def cpu_bf16_needs_aten() -> bool:
     """Whether this CPU's oneDNN computes bf16 convolutions wrong (checked once per process)."""
     error = onednn_bf16_convolution_error()
     if error > WRONG:
-        warnings.warn(f"oneDNN's bf16 convolutions are wrong on this CPU (relative error {error:.3g} against "
-                      f"ATen's kernels on a known shape; torch {torch.__version__}): bf16 regions on the CPU run "
+        what = f"relative error {error:.3g}" if error != float("inf") else "non-finite outputs"
+        warnings.warn(f"oneDNN's bf16 convolutions are wrong on this CPU ({what} against ATen's kernels on a "
+                      f"known shape; torch {torch.__version__}): bf16 regions on the CPU run "
                       "with oneDNN off (torch.backends.mkldnn), on ATen's slower kernels", stacklevel=3)
         return True
     return False

@@ -76,7 +76,7 @@ PRESETS = {
     "mid": TransformerConfig(vocab_size=8192, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                              num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True),
 }
-TARGET = "GPU target (issue): qwen2-0.5b, --bf16 --compile: MFU >= 45% and aurora/transformers >= 1.3"
+TARGET = "GPU target: qwen2-0.5b, --bf16 --compile: MFU >= 45% and aurora/transformers >= 1.3"
 
 
 @dataclass
