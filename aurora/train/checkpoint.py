@@ -19,7 +19,10 @@ retries once; any other failure, or a second one, skips this save (counted as
 Async saves (``trainer.async_checkpoint``) copy the state to CPU memory and write it in a
 background thread over a separate gloo process group, so training collectives never interleave
 with the checkpoint's; the main rank finalises (rename, ``latest``) when the write is done, seen
-at a later step boundary, and every save first waits for the one before.
+at a later step boundary, and every save first waits for the one before. The copy goes into
+buffers made at the first save and reused by every later one (``_CachedStager``), pinned on CUDA
+so that the copy from the GPU runs at full bandwidth; the state's other values are taken afresh
+each time.
 """
 
 import errno
@@ -35,6 +38,8 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed._state_dict_utils import CompanionMismatch, _copy_state_dict, _create_cpu_state_dict
+from torch.distributed.checkpoint.staging import BlockingAsyncStager
 
 from aurora.distributed import DistEnv, barrier
 from aurora.distributed.env import background_group
@@ -70,6 +75,28 @@ class _Writer(dcp.FileSystemWriter):
         return super().write_data(plan, planner)
 
 
+class _CachedStager(BlockingAsyncStager):
+    """DCP's blocking stager with ``cache_staged_state_dict``, written again because DCP's always
+    pins its buffers, which needs CUDA, and keeps a cache that no longer fits the state (DCP's
+    ``DefaultStager``, which would do, fails to deep-copy FSDP's state dicts in torch 2.11).
+    Tensors are copied into the CPU buffers of the first save; every other value is the state's
+    own. The buffers are remade when the state's layout changes. Reusing them is safe because a
+    save starts only after the one before is written."""
+
+    def __init__(self, pin_memory: bool):
+        super().__init__(cache_staged_state_dict=True)
+        self.pin_memory = pin_memory
+
+    def stage(self, state_dict: dict) -> dict:
+        if self.state_dict_cache is not None:
+            try:
+                return _copy_state_dict(state_dict, self.state_dict_cache)
+            except CompanionMismatch:
+                pass
+        self.state_dict_cache = _create_cpu_state_dict(state_dict, pin_memory=self.pin_memory)
+        return _copy_state_dict(state_dict, self.state_dict_cache)
+
+
 _OK, _FAILED, _DISK_FULL = 0, 1, 2
 
 
@@ -92,6 +119,7 @@ class Checkpointer:
         self.async_save = async_save
         # Every rank joins it now (a collective the first time); the background writes use it alone.
         self._async_group = background_group() if async_save else None
+        self._stager = _CachedStager(pin_memory=env.device.type == "cuda") if async_save else None
         self._pending: _Pending | None = None
 
     def latest(self) -> Path | None:
@@ -150,7 +178,8 @@ class Checkpointer:
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
         outcome = int(agreed.item())
         if outcome == _OK and self.async_save:
-            future = dcp.async_save(app_state, storage_writer=_Writer(tmp, self.dir), process_group=self._async_group)
+            future = dcp.async_save(app_state, storage_writer=_Writer(tmp, self.dir), process_group=self._async_group,
+                                    async_stager=self._stager)
             self._pending = _Pending(step, tmp, future)
         return outcome, error
 

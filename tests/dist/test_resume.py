@@ -37,6 +37,18 @@ def test_fsdp_resume_is_bit_identical(tmp_path, token_shards, lm_straight, pool2
     _assert_resumed_like_straight(lm_straight, resumed)
 
 
+def test_every_async_checkpoint_holds_the_state_of_its_own_step(tmp_path, token_shards, lm_straight, pool2):
+    """Async saves copy the state into CPU buffers made at the first save and reused by the next
+    ones: each of the 4 checkpoints of an async run holds its own step's weights (those of the
+    straight run's sync checkpoints), not an earlier save's."""
+    run = tmp_path / "async"
+    _train(pool2, run, token_shards, STRAIGHT_STEPS, "trainer.checkpoint_every=2", "trainer.async_checkpoint=true")
+    for step in range(2, STRAIGHT_STEPS + 1, 2):
+        assert_same_weights(weights(lm_straight, step), weights(run, step))
+    second, fourth = weights(run, 2), weights(run, 4)
+    assert not all(torch.equal(second[name], fourth[name]) for name in second)  # the steps did change them
+
+
 @pytest.mark.parametrize("engine", [["engine.name=ddp"], ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3"]],
                          ids=["ddp", "zero3"])
 def test_resume_is_bit_identical(tmp_path, token_shards, pool2, engine):
