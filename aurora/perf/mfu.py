@@ -77,26 +77,27 @@ def peak_flops_for_name(name: str, precision: str) -> float | None:
     return None
 
 
-def tensor_core_precision(precision: str) -> str:
-    """The precision whose peak bounds a run at `precision`: a training precision of `fp32`
-    uses TF32 tensor cores when torch lets fp32 matmuls (torch.set_float32_matmul_precision)
-    or cuDNN convolutions (torch.backends.cudnn.allow_tf32, on by default) use TF32. Taking the
-    TF32 peak then can understate the MFU of a run whose matmuls stay in IEEE fp32, but never
-    overstates it."""
-    tf32_allowed = torch.get_float32_matmul_precision() != "highest" or torch.backends.cudnn.allow_tf32
-    if precision == "fp32" and tf32_allowed:
-        return "tf32"
-    return precision
+def tensor_core_precision(precision: str, convolutions: bool = False) -> str:
+    """The precision whose peak bounds a run at `precision`: an `fp32` run computes on TF32
+    tensor cores when torch lets its main operator use them: matmuls through
+    ``torch.set_float32_matmul_precision`` (IEEE fp32 at "highest", torch's default), the
+    convolutions of a model made of them (`convolutions`) through
+    ``torch.backends.cudnn.allow_tf32`` (on by default)."""
+    if precision != "fp32":
+        return precision
+    if convolutions:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def peak_flops(device: torch.device, precision: str) -> float | None:
+def peak_flops(device: torch.device, precision: str, convolutions: bool = False) -> float | None:
     """Dense peak FLOP/s of `device` for training at `precision` (bf16, fp16, tf32 or fp32;
     fp32 as in `tensor_core_precision`). None on a CPU or a GPU this table does not know:
     report no MFU rather than a made-up one."""
     _check_precision(precision)
     if device.type != "cuda":
         return None
-    return peak_flops_for_name(torch.cuda.get_device_name(device), tensor_core_precision(precision))
+    return peak_flops_for_name(torch.cuda.get_device_name(device), tensor_core_precision(precision, convolutions))
 
 
 def mfu(flops_per_s: float, peak: float | None) -> float | None:

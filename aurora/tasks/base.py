@@ -121,6 +121,9 @@ class Task(ABC):
     """The recipe's config schema (TrainConfig plus its model/loss sections)."""
     data_kind: ClassVar[str]
     """Which shard kind the recipe reads: "audio" or "tokens"."""
+    convolutional: ClassVar[bool] = False
+    """Whether the model's FLOPs are mostly convolutions (cuDNN's TF32 switch then decides an
+    fp32 run's peak) rather than matmuls (torch's matmul precision decides it)."""
 
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg = cfg

@@ -169,7 +169,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.run_dir, env, self.nonfatal, cfg.trainer.keep_last_n,
                                          cfg.trainer.async_checkpoint)
         self.preemption = PreemptionFlag()
-        self.peak_flops = peak_flops(env.device, cfg.engine.precision.value)
+        self.peak_flops = peak_flops(env.device, cfg.engine.precision.value, task_cls.convolutional)
         """Dense peak FLOP/s of one device (None on a CPU or an unknown GPU: no MFU then)."""
         self.step = 0
         self.skipped_steps = 0

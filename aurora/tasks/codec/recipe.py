@@ -76,6 +76,7 @@ def _halves(outputs: list[list[torch.Tensor]]) -> tuple[list[list[torch.Tensor]]
 class CodecTask(Task):
     config_class = CodecTrainConfig
     data_kind = "audio"
+    convolutional = True
 
     def __init__(self, cfg: CodecTrainConfig, env):
         super().__init__(cfg, env)

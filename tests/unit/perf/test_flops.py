@@ -126,12 +126,16 @@ def test_cuda_device_is_looked_up_by_name(monkeypatch):
     monkeypatch.setattr(mfu_module.torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     device = torch.device("cuda", 0)
     assert peak_flops(device, "bf16") == pytest.approx(989.5e12)
-    # fp32 training runs on TF32 tensor cores when torch allows it, else on the FP32 units.
-    monkeypatch.setattr(mfu_module.torch.backends.cudnn, "allow_tf32", True)
+    # fp32 training runs on TF32 tensor cores where torch lets its main operator use them, else
+    # on the FP32 units: matmuls (the LM) by the matmul precision, convolutions (the codec) by cuDNN's switch.
+    monkeypatch.setattr(mfu_module.torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    monkeypatch.setattr(mfu_module.torch, "get_float32_matmul_precision", lambda: "highest")  # torch's default
+    assert peak_flops(device, "fp32") == pytest.approx(67e12)
+    assert peak_flops(device, "fp32", convolutions=True) == pytest.approx(494.5e12)
+    monkeypatch.setattr(mfu_module.torch, "get_float32_matmul_precision", lambda: "high")
     assert peak_flops(device, "fp32") == pytest.approx(494.5e12)
     monkeypatch.setattr(mfu_module.torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(mfu_module.torch, "get_float32_matmul_precision", lambda: "highest")
-    assert peak_flops(device, "fp32") == pytest.approx(67e12)
+    assert peak_flops(device, "fp32", convolutions=True) == pytest.approx(67e12)
     monkeypatch.setattr(mfu_module.torch.cuda, "get_device_name", lambda device=None: "NVIDIA H800")
     assert peak_flops(device, "bf16") is None
 
