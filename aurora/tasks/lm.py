@@ -91,16 +91,17 @@ class LMTask(Task):
             prompts = next(iter(loader))["text"]
         prompts = (prompts * gen.num_samples)[: gen.num_samples]
 
+        device = self.env.device  # the run's GPU, where it has one
         lm = AudioLM(self.cfg.model)
         load_model_weights(lm, run_dir)
-        lm.eval()
-        codec = load_codec(Path(self.cfg.data.shards) / self.manifest["codec"]).codec
+        lm.to(device).eval()
+        codec = load_codec(Path(self.cfg.data.shards) / self.manifest["codec"]).codec.to(device)
         frames = max(1, round(gen.seconds * self.manifest["frame_rate"]))
-        generator = torch.Generator().manual_seed(self.cfg.run.seed)
+        generator = torch.Generator(device=device).manual_seed(self.cfg.run.seed)
         with torch.no_grad():
-            codes = lm.generate(encode_text(prompts, self.cfg.model.max_text_len), frames,
+            codes = lm.generate(encode_text(prompts, self.cfg.model.max_text_len).to(device), frames,
                                 gen.temperature, gen.top_k, generator)
-            audio = codec.decode(codes)
+            audio = codec.decode(codes).cpu()
         out_dir = Path(run_dir) / "samples"
         out_dir.mkdir(exist_ok=True)
         with open(out_dir / "samples.jsonl", "w") as index:
