@@ -88,7 +88,9 @@ def full_params(part, prefix: str = "") -> dict[str, torch.Tensor]:
 def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = None,
                       steps: int = STEPS) -> dict | None:
     """``steps`` optimizer steps of ``config`` with ``overrides`` (from checkpoint ``resume``'s
-    weights and optimizer state, if given). Raises if the replicas end with different weights."""
+    weights and optimizer state, if given). Raises if the replicas end with different weights.
+    The steps run under a collective log (a TorchDispatchMode), under which torch.compile does
+    not compile: compiled runs are tested through ``aurora train``."""
     task_cls = get_task(peek_task(config))
     cfg = load_config(task_cls.config_class, config, overrides)
     env = init_distributed(cfg.dist)
