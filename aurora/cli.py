@@ -11,20 +11,22 @@ from aurora.distributed.error_file import record_atomically
 def _train(args: argparse.Namespace) -> None:
     from aurora.distributed import init_distributed, shutdown
     from aurora.tasks import get_task
+    from aurora.train.determinism import deterministic_kernels
     from aurora.train.loop import Trainer
     from aurora.train.stops import RunStopped
 
     task_cls = get_task(peek_task(args.config))
     cfg = load_config(task_cls.config_class, args.config, args.overrides)
-    env = init_distributed(cfg.dist)
-    try:
-        Trainer(cfg, task_cls, env).fit()
-    except RunStopped as stop:
-        if env.is_main:
-            print(f"aurora: {stop}", file=sys.stderr, flush=True)
-        sys.exit(stop.exit_code)
-    finally:
-        shutdown()
+    with deterministic_kernels(cfg.trainer.deterministic):
+        env = init_distributed(cfg.dist)
+        try:
+            Trainer(cfg, task_cls, env).fit()
+        except RunStopped as stop:
+            if env.is_main:
+                print(f"aurora: {stop}", file=sys.stderr, flush=True)
+            sys.exit(stop.exit_code)
+        finally:
+            shutdown()
 
 
 @record_atomically  # under torchrun: an uncaught error goes to the agent's error file, with this rank's traceback

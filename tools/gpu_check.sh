@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one run of at most ~7 minutes, for a GPU machine lent for a few minutes.
+# Every GPU check in one run of at most 9.5 minutes (the sum of the step limits), for a GPU machine
+# lent for a few minutes.
 #
 #   tools/gpu_check.sh             on the GPU machine: installs .whl/ (tools/gpu_wheels.sh) first
 #   tools/gpu_check.sh --dry-run   the same steps at toy sizes on the CPU, with this checkout's
@@ -27,7 +28,8 @@ if ((DRY)); then
   PY=${PYTHON:-$REPO/.venv/bin/python}
   [[ -x $PY ]] || PY=python3
   export CUDA_VISIBLE_DEVICES=""  # the CPU path, even where a GPU is seen
-  LM_STEPS=4; LM_MORE=6; CKPT=2; CODEC_STEPS=2; ZERO_STEPS=2; COMPILE_STEPS=2
+  LM_STEPS=4; LM_MORE=6; CKPT=2; DET_STEPS=4; CODEC_STEPS=2; ZERO_STEPS=2; COMPILE_STEPS=2
+  SMALL_LM=(model.backbone.num_hidden_layers=2 model.backbone.hidden_size=64 model.backbone.intermediate_size=128)
   THROUGHPUT=(--preset tiny --seq 64 --batch 2 --steps 1 --blocks 1 --warmup 1)
   # bf16 convolutions on ATen's CPU kernels are slow (aurora.precision): a smaller GAN
   SMALL_GAN=(discriminator.periods=[2,3] discriminator.fft_sizes=[256,128] loss.mel_n_ffts=[64,256]
@@ -37,16 +39,17 @@ if ((DRY)); then
   T=(120 60 240 240 240 240 240 240 120)
 else
   PY=python3
-  LM_STEPS=12; LM_MORE=16; CKPT=4; CODEC_STEPS=6; ZERO_STEPS=6; COMPILE_STEPS=10
+  LM_STEPS=12; LM_MORE=16; CKPT=4; DET_STEPS=8; CODEC_STEPS=6; ZERO_STEPS=6; COMPILE_STEPS=10
+  SMALL_LM=()
   THROUGHPUT=(--preset qwen2-0.5b --seq 2048 --batch 4)
   SMALL_GAN=()
   CODEC_STEP=()
   STALL=(--repeats 3)
-  T=(60 45 90 90 100 90 150 90 80)
+  T=(40 30 60 60 60 60 100 50 50)  # seconds per step; 570 in all (2b shares 2's), under the device's 600
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 COMMON=(trainer.progress_bar=false trainer.log_every=1)
-LM=(configs/lm/tiny.yaml generation.num_samples=0)
+LM=(configs/lm/tiny.yaml generation.num_samples=0 "${SMALL_LM[@]}")
 
 # One step: its output into the log, a row into the summary, whose result is the step's last line
 # matching RESULT (an extended regex; '' for the last line).
@@ -116,6 +119,27 @@ step2_lm_fsdp_async_resume() {
   last_metrics "$run"
 }
 
+# trainer.deterministic=true: DET_STEPS/2 steps, resumed to DET_STEPS, against DET_STEPS straight:
+# the steps after the resume bit for bit.
+step2b_deterministic_resume() {
+  local half=$((DET_STEPS / 2))
+  local args=("${LM[@]}" data.shards="$WORK/tokens" "${COMMON[@]}" engine.name=fsdp engine.precision=bf16
+    trainer.deterministic=true trainer.checkpoint_every=$half)
+  train "${args[@]}" run.dir="$WORK/det_straight" trainer.max_steps=$DET_STEPS || return 1
+  train "${args[@]}" run.dir="$WORK/det_resumed" trainer.max_steps=$half || return 1
+  train "${args[@]}" run.dir="$WORK/det_resumed" trainer.max_steps=$DET_STEPS || return 1
+  "$PY" - "$WORK/det_straight" "$WORK/det_resumed" "$half" <<'EOF'
+import json, sys
+half = int(sys.argv[3])
+straight, resumed = ([json.loads(line) for line in open(run + "/metrics.jsonl")][half:] for run in sys.argv[1:3])
+same = len(straight) == len(resumed) == half and all(
+    (a["step"], a["loss"], a["grad_norm"]) == (b["step"], b["loss"], b["grad_norm"]) for a, b in zip(straight, resumed))
+print(f"steps {half + 1}-{2 * half} after the resume: {'bit-identical' if same else 'DIFFERENT'} "
+      f"(last loss {straight[-1]['loss']:.6f} straight, {resumed[-1]['loss']:.6f} resumed)")
+sys.exit(0 if same else 1)
+EOF
+}
+
 step3_codec_gan() {
   local args=(configs/codec/tiny.yaml data.shards="$WORK/audio" data.segment_seconds=0.2 "${COMMON[@]}"
     engine.precision=bf16 trainer.checkpoint_every=1000 "${SMALL_GAN[@]}")
@@ -161,6 +185,7 @@ echo "|---|---|---|---|" >>"$SUMMARY"
 step "0 environment" "${T[0]}" '' step0_environment
 step "1 data" "${T[1]}" '' step1_data
 step "2 LM FSDP bf16 async ckpt + resume" "${T[2]}" '' step2_lm_fsdp_async_resume
+step "2b deterministic resume" "${T[2]}" '' step2b_deterministic_resume
 step "3 codec GAN bf16 DDP + FSDP" "${T[3]}" '' step3_codec_gan
 step "4 DeepSpeed ZeRO-2/3 bf16 dtypes" "${T[4]}" '' step4_deepspeed_dtypes
 step "5 LM FSDP bf16 compile" "${T[5]}" '' step5_compile

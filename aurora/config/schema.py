@@ -100,6 +100,12 @@ class TrainerConfig:
     and exits with code 124, so the launcher restarts the job; null disables the watchdog. The
     clock starts at the first step a process completes (loader start-up and warm-up are not
     timed). Must be shorter than ``dist.timeout_s`` and longer than the slowest step plus a save."""
+    deterministic: bool = False
+    """Deterministic kernels (``torch.use_deterministic_algorithms``, cuBLAS's fixed workspace,
+    no cuDNN autotuning), so that on a GPU a resumed run ends bit-identical to an uninterrupted
+    one, as it does on a CPU either way. Costs speed on a GPU (flash attention's backward and
+    cuDNN's fastest kernels are not deterministic); an operator with no deterministic kernel
+    stops the run with torch's error naming it. Without it, runs on a GPU agree to rounding."""
     eval_every: int = 0
     """Every N steps, rank 0 computes the loss on ``data.eval_shards`` from the checkpoint just
     written (a multiple of ``checkpoint_every``); 0 disables evaluation."""

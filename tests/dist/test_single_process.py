@@ -5,7 +5,7 @@ import pytest
 from aurora.config import load_config
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.lm import LMTrainConfig
-from tests.helpers.runs import cli, lm_train_args, read_metrics
+from tests.helpers.runs import CODEC_SMALL_GAN, cli, lm_train_args, read_metrics
 
 
 def test_plain_python_run_with_wandb_offline(tmp_path, token_shards, pool1):
@@ -26,3 +26,23 @@ def test_plain_python_run_with_wandb_offline(tmp_path, token_shards, pool1):
         assert "perf/mfu" not in m
     assert (run / "config.yaml").is_file()
     assert list((run / "wandb").glob("offline-run-*")), "wandb offline run directory missing"
+
+
+@pytest.mark.parametrize("recipe", ["lm", "codec"])
+def test_deterministic_kernels_train_every_recipe(tmp_path, token_shards, audio_shards, pool1, recipe):
+    """``trainer.deterministic=true``: every operator of the LM and of the GAN codec has a
+    deterministic kernel (torch raises on one that has none), and on the CPU, whose kernels are
+    deterministic anyway, the steps are the default run's exactly. The GPU's side is
+    ``tools/gpu_check.sh``'s deterministic resume."""
+    def args(run, *extra):
+        if recipe == "lm":
+            return lm_train_args(run, token_shards, 3, *extra)
+        return ["train", "configs/codec/tiny.yaml", f"run.dir={run}", f"data.shards={audio_shards}",
+                "trainer.max_steps=3", "trainer.progress_bar=false", "data.segment_seconds=0.2", "data.num_workers=0",
+                *CODEC_SMALL_GAN, *extra]
+
+    default, deterministic = tmp_path / "default", tmp_path / "deterministic"
+    assert pool1.run(cli, *args(default))[0].value == 0
+    assert pool1.run(cli, *args(deterministic, "trainer.deterministic=true"))[0].value == 0
+    for a, b in zip(read_metrics(default), read_metrics(deterministic), strict=True):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])

@@ -7,7 +7,8 @@ import sys
 
 from tests.helpers.runs import REPO
 
-STEPS = ["0 environment", "1 data", "2 LM FSDP bf16 async ckpt + resume", "3 codec GAN bf16 DDP + FSDP",
+STEPS = ["0 environment", "1 data", "2 LM FSDP bf16 async ckpt + resume", "2b deterministic resume",
+         "3 codec GAN bf16 DDP + FSDP",
          "4 DeepSpeed ZeRO-2/3 bf16 dtypes", "5 LM FSDP bf16 compile", "6 lm_throughput", "7 codec_step",
          "8 checkpoint_stall"]
 
@@ -22,8 +23,9 @@ def test_every_step_of_the_gpu_check_runs_at_toy_sizes(tmp_path):
     assert [row[0].removeprefix("| ") for row in rows] == STEPS
     assert all(row[1] == "ok" for row in rows), rows
     results = {row[0].removeprefix("| "): row[3] for row in rows}
-    assert "ZeRO-2:  bfloat16 x" in results[STEPS[4]] and "ZeRO-3:  bfloat16 x" in results[STEPS[4]]
-    assert "float32" not in results[STEPS[4]]  # every Linear computed in bf16 under DeepSpeed
+    assert "ZeRO-2:  bfloat16 x" in results[STEPS[5]] and "ZeRO-3:  bfloat16 x" in results[STEPS[5]]
+    assert "float32" not in results[STEPS[5]]  # every Linear computed in bf16 under DeepSpeed
+    assert "steps 3-4 after the resume: bit-identical" in results[STEPS[3]]
     assert "step=6 " in results[STEPS[2]]  # resumed from step 4 and trained on to the second run's end
     log = (out / "gpu_check.log").read_text()
     assert "resumed from" in log and "ratio aurora/transformers" in log
