@@ -128,8 +128,9 @@ def deepspeed_phases(device: torch.device, stage: int, **zero: object) -> dict:
 
     model = tiny_model()
     config = {"train_micro_batch_size_per_gpu": 4, "zero_allow_untested_optimizer": True,
-              "zero_optimization": {"stage": stage, "reduce_bucket_size": 10**6,
-                                    "allgather_bucket_size": 10**6, **zero}}
+              "zero_optimization": {"stage": stage, "reduce_bucket_size": 10**6, "allgather_bucket_size": 10**6,
+                                    # as aurora's engine: else ZeRO-3 replaces F.linear in the whole process
+                                    "memory_efficient_linear": False, **zero}}
     engine, *_ = deepspeed.initialize(model=model, config=config,
                                       optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3))
     with CollectiveLog() as log:

@@ -15,6 +15,11 @@ import torch.distributed as dist
 
 from tests.helpers.pool import STOP, RankResult
 
+_LINEAR = torch.nn.functional.linear
+"""A task must leave torch as it found it: DeepSpeed's ZeRO-3, unless told otherwise
+(``memory_efficient_linear``), replaces ``torch.nn.functional.linear`` for the whole process,
+and a later task compiling a model then trained different numbers."""
+
 
 class _CapturedOutput:
     """File descriptors 1 and 2 go to a file while a task runs (Python, C++ and children alike)."""
@@ -50,6 +55,10 @@ def _run(rank: int, task: bytes) -> RankResult:
             for name in qualname.split("."):
                 fn = getattr(fn, name)
             result.value = fn(*args, **kwargs)
+            if torch.nn.functional.linear is not _LINEAR:
+                torch.nn.functional.linear = _LINEAR
+                raise RuntimeError(f"{module}.{qualname} left torch.nn.functional.linear replaced (DeepSpeed "
+                                   "ZeRO-3 does unless memory_efficient_linear is false); it is put back")
         except BaseException as e:  # SystemExit too: a task that exits is one that failed
             result.error = "".join(traceback.format_exception(e))
             try:
