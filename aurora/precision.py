@@ -41,14 +41,13 @@ def _onednn_off():
 
 def _relative_error(conv, x: torch.Tensor, w: torch.Tensor, **kwargs) -> float:
     with torch.no_grad():
+        onednn = conv(x, w, **kwargs).float()
         with _onednn_off():
             reference = conv(x, w, **kwargs).float()
-        onednn = conv(x, w, **kwargs).float()
     error = ((onednn - reference).norm() / reference.norm()).item()
     return float("inf") if error != error else error
 
 
-@functools.cache
 def onednn_bf16_convolution_error() -> float:
     """The larger relative error of oneDNN's bf16 convolution against ATen's on two shapes that
     are wrong on oneDNN 3.10.2's AMX kernels (0 where torch has no oneDNN)."""

@@ -40,6 +40,10 @@ def _requirements(wheel: Path) -> list[Requirement]:
     return [Requirement(text) for text in headers.get_all("Requires-Dist") or []]
 
 
+def _mib(wheels: list[Path]) -> float:
+    return sum(w.stat().st_size for w in wheels) / 2**20
+
+
 def problems(folder: Path, provided: set[str]) -> list[str]:
     """What would stop the offline install or an import after it; empty if nothing."""
     wheels = sorted(folder.glob("*.whl"))
@@ -50,7 +54,7 @@ def problems(folder: Path, provided: set[str]) -> list[str]:
         name, version, _, _ = parse_wheel_filename(wheel.name)
         versions.setdefault(name, []).append(str(version))
     found += [f"{name}: {len(v)} versions ({', '.join(v)}): keep one" for name, v in versions.items() if len(v) > 1]
-    mib = sum(w.stat().st_size for w in wheels) / 2**20
+    mib = _mib(wheels)
     if mib > MAX_MIB:
         found.append(f"{folder}: {mib:.1f} MiB of wheels, over the {MAX_MIB} MiB that can travel")
     for wheel in wheels:
@@ -86,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     if found:
         sys.exit("wheelhouse: " + "\nwheelhouse: ".join(found))
     wheels = sorted(folder.glob("*.whl"))
-    mib = sum(w.stat().st_size for w in wheels) / 2**20
-    print(f"wheelhouse: {len(wheels)} wheels, {mib:.1f} MiB, install offline for {' '.join(pip_target[:2])}: ok")
+    print(f"wheelhouse: {len(wheels)} wheels, {_mib(wheels):.1f} MiB, install offline for {' '.join(pip_target[:2])}: ok")
 
 
 if __name__ == "__main__":
