@@ -19,7 +19,9 @@ from aurora.data.manifest import write_manifest
 
 def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: int = 4,
                        codebook_size: int = 256, frames: int = 40, frame_rate: float = 50.0,
-                       seed: int = 0) -> Path:
+                       seed: int = 0, min_frames: int | None = None) -> Path:
+    """``num_clips`` clips of ``frames`` frames each, or with ``min_frames``, of a length drawn
+    uniformly from ``[min_frames, frames]`` per clip (for dynamic batching)."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -28,14 +30,17 @@ def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: 
         name = f"shard-{first // per_shard:06d}.tar"
         count = min(per_shard, num_clips - first)
         with wds.TarWriter(str(out / name)) as sink:
+            total_frames = 0
             for i in range(first, first + count):
+                length = frames if min_frames is None else int(rng.integers(min_frames, frames + 1))
+                total_frames += length
                 buffer = io.BytesIO()
-                np.save(buffer, rng.integers(0, codebook_size, size=(n_q, frames)).astype(np.int16))
-                meta = {"text": f"clip number {i} with a {['low', 'high'][i % 2]} tone", "frames": frames,
+                np.save(buffer, rng.integers(0, codebook_size, size=(n_q, length)).astype(np.int16))
+                meta = {"text": f"clip number {i} with a {['low', 'high'][i % 2]} tone", "frames": length,
                         "frame_rate": frame_rate}
                 sink.write({"__key__": f"clip{i:05d}", "codes.npy": buffer.getvalue(),
                             "json": json.dumps(meta).encode()})
-        shards.append({"name": name, "samples": count, "seconds": count * frames / frame_rate})
+        shards.append({"name": name, "samples": count, "seconds": total_frames / frame_rate})
     write_manifest(out, "tokens", shards, None, n_q=n_q, codebook_size=codebook_size,
                    frame_rate=frame_rate, codec=None)
     return out
@@ -48,11 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-shard", type=int, default=8)
     parser.add_argument("--n-q", type=int, default=4)
     parser.add_argument("--codebook-size", type=int, default=256)
-    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--frames", type=int, default=40, help="frames per clip (the most, with --min-frames)")
+    parser.add_argument("--min-frames", type=int, default=None, help="draw each clip's length from [min, frames]")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     write_token_shards(args.out, args.num_clips, args.samples_per_shard, args.n_q, args.codebook_size,
-                       args.frames, seed=args.seed)
+                       args.frames, seed=args.seed, min_frames=args.min_frames)
     print(f"wrote {args.num_clips} random token clips to {args.out}")
 
 

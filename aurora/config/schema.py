@@ -205,6 +205,10 @@ class EngineConfig:
     about one more forward of compute). Parameter names do not change."""
     compile: bool = False
     """``torch.compile`` each block (the shard units) in place before wrapping."""
+    compile_backend: str = "inductor"
+    """``compile=true``: torch.compile's backend: ``inductor`` (generated kernels), or for
+    debugging ``aot_eager`` (dynamo's graphs and AOTAutograd's backward, run by eager kernels:
+    what compiling changes, without inductor's code generation) or ``eager``."""
     ddp: DDPConfig = field(default_factory=DDPConfig)
     """engine.name=ddp: DistributedDataParallel's settings."""
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)

@@ -2,10 +2,12 @@
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import torch
+import torch._dynamo
 from torch import nn
 from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
@@ -19,6 +21,22 @@ from aurora.engines.capabilities import Capabilities
 from aurora.precision import bf16_autocast
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+UNIT_STATES = 4
+"""Graphs dynamo may need per unit: trained; frozen while another part steps (its parameters
+without gradients); under no_grad (evaluation); and one more when a size first changes."""
+
+
+def compile_units(units: list[nn.Module], backend: str, dynamic_shapes: bool) -> None:
+    """``torch.compile`` each unit in place. Units of one class share one forward, hence one of
+    dynamo's caches, but differ in sizes and settings (a period, an FFT size, a width): each
+    needs graphs of its own, so the cache limit grows to hold ``UNIT_STATES`` per unit rather
+    than fall back to eager, silently, past dynamo's default of 8."""
+    largest_class = max(Counter(type(unit) for unit in units).values(), default=0)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, UNIT_STATES * largest_class)
+    for unit in units:
+        # dynamic=None (fixed batches): sizes stay static until one changes (a short last batch).
+        unit.compile(backend=backend, dynamic=True if dynamic_shapes else None)
 
 
 class Engine(ABC):
@@ -34,6 +52,10 @@ class Engine(ABC):
         self.cfg = cfg.engine
         self.trainer_cfg = cfg.trainer
         self.env = env
+        self.dynamic_shapes = cfg.data.batching == "dynamic"
+        """Batches vary in size and length (``data.batching=dynamic``): compiled blocks are traced
+        once, with symbolic batch and time sizes, not for the first batch's shape and again when
+        another shape arrives."""
         self.hierarchical = cfg.sync.mode == SyncMode.hierarchical
         self.mesh = node_mesh(env) if self.hierarchical or self.cfg.fsdp.hsdp else None
         """The (replicate, shard) mesh of nodes, when the engine syncs by node."""
@@ -50,8 +72,8 @@ class Engine(ABC):
         for unit in shard_units:
             if self.cfg.activation_checkpointing:
                 checkpoint_activations(unit)
-            if self.cfg.compile:
-                unit.compile()
+        if self.cfg.compile:
+            compile_units(shard_units, self.cfg.compile_backend, self.dynamic_shapes)
         if make_optimizer is None:
             return self.wrap(model.requires_grad_(False).eval(), shard_units, frozen=True), None
         model = self.wrap(model, shard_units, frozen=False)

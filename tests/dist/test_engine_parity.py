@@ -13,7 +13,10 @@ the scale model's prediction for the same configuration (``aurora.perf.traffic``
 import pytest
 import torch
 
+from aurora.data import build_loader
+from aurora.data.config import DataConfig
 from aurora.perf.traffic import collective_bytes_per_step
+from data_prep.synth_tokens import write_token_shards
 from tests.helpers.comm import lm_param_counts, model_state_bytes
 from tests.helpers.runs import (CODEC_SMALL_GAN, GAN_SGD, NO_DROPOUT, STRAIGHT_STEPS, cli, lm_train_args, read_metrics,
                                 weights)
@@ -159,13 +162,18 @@ def test_dead_code_reset_keeps_replicas_equal(tmp_path, audio_shards, pool2, eng
     assert sum(m["codes_reset"] for m in out["metrics"]) > 0
 
 
-def cli_counting_graphs(*argv: str) -> tuple[int, int]:
-    """``aurora train`` in a pool worker: its exit code, and how many graphs torch.compile made."""
+def cli_counting_graphs(*argv: str) -> tuple[int, int, int]:
+    """``aurora train`` in a pool worker, from dynamo's empty caches: its exit code, and how many
+    graphs and graph breaks torch.compile made. A compiled unit that hits dynamo's cache limit
+    (and would run eager from there on) fails the run."""
+    import torch._dynamo
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()
     counters.clear()
-    code = cli(*argv)
-    return code, counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        code = cli(*argv)
+    return code, counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
 
 @pytest.mark.parametrize("engine", ["fsdp", "zero3"])
@@ -179,9 +187,41 @@ def test_activation_checkpointing_and_compile_change_no_number(tmp_path, lm_stra
     args = lm_train_args(run, token_shards, STRAIGHT_STEPS, f"trainer.checkpoint_every={STRAIGHT_STEPS}",
                          "engine.activation_checkpointing=true", "engine.compile=true", *engine_overrides(tmp_path)[engine])
     results = [r.value for r in pool2.run(cli_counting_graphs, *args)]
-    assert [code for code, _ in results] == [0, 0]
-    assert all(graphs > 0 for _, graphs in results), results
+    assert [code for code, _, _ in results] == [0, 0]
+    assert all(graphs > 0 for _, graphs, _ in results), results
     assert_same_steps(_as_steps(lm_straight), _as_steps(run))
+
+
+def test_compile_traces_dynamic_batches_once(tmp_path, pool1):
+    """Under ``data.batching=dynamic`` both the batch size and the length change from batch to
+    batch; each compiled block is traced once, with symbolic sizes. (Dynamo's default traces the
+    first batch's shape, then again for the second: two graphs.)"""
+    shards = write_token_shards(tmp_path / "shards", frames=40, min_frames=8)
+    dynamic = ["data.batching=dynamic", "data.max_seconds_per_batch=3", "data.context_frames=40"]
+    loader = build_loader(DataConfig(shards=str(shards), batching="dynamic", max_seconds_per_batch=3,
+                                     context_frames=40, num_workers=0), "tokens", rank=0, world_size=1, seed=0)
+    shapes = [tuple(batch["codes"].shape) for batch, _ in zip(loader, range(6))]
+    assert len({b for b, _, _ in shapes}) > 1 and len({t for _, _, t in shapes}) > 1, shapes
+    args = lm_train_args(tmp_path / "run", shards, 6, "engine.name=ddp", "engine.compile=true", *dynamic)
+    assert pool1.run(cli_counting_graphs, *args)[0].value == (0, 1, 0)
+
+
+def test_compiled_gan_codec_has_no_graph_break_and_trains_the_eager_numbers(tmp_path, audio_shards, pool1):
+    """The GAN codec with every unit compiled: no graph break (an fp32 region once broke every
+    graph it was in), no unit past dynamo's cache (5 period and 3 STFT sub-discriminators share
+    two forwards: 8 graphs was dynamo's default limit for each), and the eager run's losses and
+    gradient norms. With ``aot_eager``, dynamo's graphs and AOTAutograd's backward run on eager
+    kernels: inductor would take minutes per graph on a CPU (the GPU check compiles with it)."""
+    args = ["train", "configs/codec/tiny.yaml", f"data.shards={audio_shards}", "data.segment_seconds=0.2",
+            "data.batch_size=4", "trainer.max_steps=2", "trainer.log_every=1", "trainer.progress_bar=false",
+            "trainer.checkpoint_every=2"]
+    assert pool1.run(cli, *args, f"run.dir={tmp_path / 'eager'}")[0].value == 0
+    code, graphs, breaks = pool1.run(cli_counting_graphs, *args, f"run.dir={tmp_path / 'compiled'}", "engine.compile=true",
+                                     "engine.compile_backend=aot_eager")[0].value
+    assert (code, breaks) == (0, 0) and graphs > 0
+    for eager, compiled in zip(read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled"), strict=True):
+        for key in ("loss", "grad_norm", "discriminator/loss", "discriminator/grad_norm"):
+            assert compiled[key] == pytest.approx(eager[key], rel=1e-5), key
 
 
 def _as_steps(run_dir) -> dict:
