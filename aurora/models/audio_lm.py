@@ -175,19 +175,31 @@ def mask_padding(codes: torch.Tensor, code_lengths: torch.Tensor, special_token:
     return codes.masked_fill(~valid[:, None], special_token)
 
 
+IGNORE_INDEX = -100
+"""Target of a position that holds no real code (cross-entropy's ignore_index)."""
+
+
+def delayed_targets(codes: torch.Tensor, code_lengths: torch.Tensor, special_token: int) -> torch.Tensor:
+    """Targets [B, K, T + K - 1] of AudioLM.forward's positions for codes [B, K, T]: the delayed
+    codes, and IGNORE_INDEX where the delay pattern leaves a position empty or the frame is at or
+    beyond code_lengths [B] (padding)."""
+    B, K, T = codes.shape
+    valid = torch.arange(T, device=codes.device) < code_lengths[:, None]  # [B, T]
+    mask = build_delay_pattern(valid[:, None].expand(B, K, T).long(), 0).bool()
+    return build_delay_pattern(codes, special_token).masked_fill(~mask, IGNORE_INDEX)
+
+
 def delayed_cross_entropy(
     logits: torch.Tensor, codes: torch.Tensor, code_lengths: torch.Tensor, special_token: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy of logits [B, K, T + K - 1, V] (AudioLM.forward) against codes [B, K, T]
     over the real codes of frames < code_lengths [B]: the mean over those positions per
     codebook, then over codebooks (MusicGen). Metrics: `ce_q{k}` per codebook."""
-    B, K, T = codes.shape
-    valid = torch.arange(T, device=codes.device) < code_lengths[:, None]  # [B, T]
-    mask = build_delay_pattern(valid[:, None].expand(B, K, T).long(), 0).bool()
-    targets = build_delay_pattern(codes, special_token).masked_fill(~mask, -100)
+    B, K, _ = codes.shape
+    targets = delayed_targets(codes, code_lengths, special_token)
     ce = F.cross_entropy(
-        logits.float().flatten(0, 2), targets.flatten(), ignore_index=-100, reduction="none"
+        logits.float().flatten(0, 2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(B, K, -1)
-    ce_per_q = ce.sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1)
+    ce_per_q = ce.sum(dim=(0, 2)) / (targets != IGNORE_INDEX).sum(dim=(0, 2)).clamp(min=1)
     metrics = {f"ce_q{k}": ce_per_q[k].detach() for k in range(K)}
     return ce_per_q.mean(), metrics
