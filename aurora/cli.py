@@ -1,4 +1,5 @@
-"""``aurora train CONFIG [key=value ...]`` (also ``python -m aurora``, under torchrun or not)."""
+"""``aurora train CONFIG [key=value ...]`` and ``aurora generate RUN ...`` (``aurora.generation``); also
+``python -m aurora``, under torchrun or not."""
 
 import argparse
 import sys
@@ -6,6 +7,7 @@ import sys
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data import DataError
 from aurora.distributed.error_file import record_atomically
+from aurora.generation import add_generate_parser
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("config", help="YAML file, e.g. configs/lm/tiny.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=20")
     train.set_defaults(func=_train)
+    add_generate_parser(commands)
     args = parser.parse_args(argv)
     try:
         args.func(args)

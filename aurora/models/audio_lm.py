@@ -14,6 +14,7 @@ Left padding puts the audio at the same position for every caption. There is no 
 PAD is attended to like any other token, and being the same token everywhere, is learnt away.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,7 +58,11 @@ class AudioLMConfig:
     codebook_size: int = 1024
     """Codes per codebook; the code `codebook_size` itself is the delay pattern's special token."""
     max_text_len: int = 64
-    """Text tokens per caption (BOS + bytes + SEP); longer captions are truncated."""
+    """Text tokens per caption (BOS + bytes + SEP); longer captions are truncated in training
+    and refused by ``aurora generate``."""
+    caption_dropout: float = 0.1
+    """Training only: the probability that an example's caption is replaced by the empty one,
+    which teaches the unconditional model that classifier-free guidance samples against."""
     backbone: TransformerConfig = field(default_factory=TransformerConfig)
     """The Qwen2 decoder; its vocab_size must cover the 259 text tokens."""
 
@@ -128,41 +133,80 @@ class AudioLM(nn.Module):
         num_frames: int,
         temperature: float = 1.0,
         top_k: int = 0,
-        generator: torch.Generator | None = None,
+        top_p: float = 1.0,
+        cfg_scale: float = 1.0,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> torch.Tensor:
         """Sample codes [B, n_q, num_frames] for text_tokens [B, L], one delayed frame per step
-        with a KV cache. top_k=0 samples from the full distribution; top_k=1 (or temperature=0)
-        is greedy. Positions the delay pattern leaves empty get the special token, unsampled."""
-        K = self.config.n_q
+        with a KV cache. ``sample`` draws each frame (temperature, top_k, top_p; ``generators``:
+        one per row, so a row's codes do not depend on the rows beside it). Positions the delay
+        pattern leaves empty get the special token, unsampled.
+
+        Classifier-free guidance: logits = uncond + cfg_scale * (cond - uncond), where uncond is
+        the model given the empty caption (what caption dropout trains); both run in one batch.
+        cfg_scale=1 is conditional sampling alone, 0 unconditional sampling alone."""
+        B, K = text_tokens.shape[0], self.config.n_q
+        guided = cfg_scale not in (0.0, 1.0)
+        if cfg_scale == 0.0:
+            text_tokens = unconditional_text(B, text_tokens.shape[1]).to(text_tokens.device)
+        elif guided:
+            text_tokens = torch.cat([text_tokens, unconditional_text(B, text_tokens.shape[1]).to(text_tokens.device)])
         steps = num_frames + K - 1
         real = delay_pattern_mask(K, num_frames, text_tokens.device)  # [K, steps]
-        delayed = text_tokens.new_full((text_tokens.shape[0], K, steps), self.special_token)
+        delayed = text_tokens.new_full((B, K, steps), self.special_token)
         cache = KVCache(len(self.backbone.layers))
         x = self.backbone.embed_tokens(text_tokens)
         for t in range(steps):
-            logits = self.project(self.backbone(inputs_embeds=x, kv_cache=cache)[:, -1:])[:, :, 0]
-            frame = sample(logits, temperature, top_k, generator)
+            logits = self.project(self.backbone(inputs_embeds=x, kv_cache=cache)[:, -1:])[:, :, 0].float()
+            if guided:
+                cond, uncond = logits.chunk(2)
+                logits = uncond + cfg_scale * (cond - uncond)
+            frame = sample(logits, temperature, top_k, top_p, generators)
             delayed[:, :, t] = frame.masked_fill(~real[:, t], self.special_token)
-            x = self.embed_codes(delayed[:, :, t : t + 1])
+            step_codes = delayed[:, :, t : t + 1]
+            x = self.embed_codes(torch.cat([step_codes, step_codes]) if guided else step_codes)
         return revert_delay_pattern(delayed)
+
+
+def unconditional_text(batch_size: int, max_len: int) -> torch.Tensor:
+    """The empty caption's tokens [batch_size, max_len]: the model's unconditional input."""
+    return encode_text([""] * batch_size, max_len)
 
 
 def sample(
     logits: torch.Tensor,
     temperature: float = 1.0,
     top_k: int = 0,
-    generator: torch.Generator | None = None,
+    top_p: float = 1.0,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Draw one index per row of logits [..., V]: greedy when top_k == 1 or temperature == 0,
-    else from softmax(logits / temperature) restricted to the top_k largest (0 = all)."""
+    """Draw one index per row of logits [B, ..., V]: greedy when top_k == 1 or temperature == 0,
+    else from softmax(logits / temperature) restricted to the top_k largest (0 = all) and to the
+    smallest set whose probability reaches top_p (1 = all; the most likely is always kept).
+
+    ``generators`` (one per b, or None for torch's default one) each draw row b's uniforms, which
+    pick by inverse CDF: a row's draw depends on its logits and its generator alone."""
     if top_k == 1 or temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k > 0:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(dim=-1).flatten(0, -2)
-    return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+    probs = logits.softmax(dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # A token is dropped when the more likely ones already reach top_p.
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+    cdf = probs.cumsum(dim=-1)
+    if generators is None:
+        uniforms = torch.rand(probs.shape[:-1], device=probs.device)
+    else:
+        if len(generators) != probs.shape[0]:
+            raise ValueError(f"{len(generators)} generators for {probs.shape[0]} rows: give one per row")
+        uniforms = torch.stack([torch.rand(probs.shape[1:-1], generator=g, device=probs.device) for g in generators])
+    picked = torch.searchsorted(cdf, (uniforms * cdf[..., -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return picked.clamp(max=probs.shape[-1] - 1)
 
 
 def mask_padding(codes: torch.Tensor, code_lengths: torch.Tensor, special_token: int) -> torch.Tensor:

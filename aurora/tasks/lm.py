@@ -5,11 +5,10 @@ prefix; the loss is the masked cross-entropy averaged over codebooks. At the end
 rank 0 samples a few clips and decodes them with the codec that made the tokens.
 """
 
-import json
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import soundfile as sf
 import torch
 from torch import nn
 
@@ -19,8 +18,6 @@ from aurora.data.manifest import resolve_shards
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy, encode_text, mask_padding
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.base import MODEL_FLOPS, Task
-from aurora.tasks.codec.load import load_codec
-from aurora.runs import load_model_weights
 
 
 @dataclass
@@ -35,6 +32,10 @@ class GenerationConfig:
     """Softmax temperature of sampling."""
     top_k: int = 50
     """Sample among the k most likely codes (0: all, 1: greedy)."""
+    top_p: float = 1.0
+    """Sample among the most likely codes whose probability reaches top_p (1: all)."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale (1: conditional, 0: unconditional, > 1: guided)."""
 
 
 @dataclass
@@ -59,20 +60,44 @@ class LMTask(Task):
                         f"{cfg.data.shards} have {key}={self.manifest.get(key)}: set model.{key} to match"
                     )
 
+        self.steps_done = 0
+        """Optimizer steps taken: with the seed and a clip's key, it decides the clip's caption dropout."""
+
     def build_model(self) -> nn.Module:
         return AudioLM(self.cfg.model)
 
     def shard_units(self, model: AudioLM) -> list[nn.Module]:
         return model.shard_units()
 
-    def _text(self, batch: dict) -> torch.Tensor:
-        return encode_text(batch["text"], self.cfg.model.max_text_len).to(self.env.device)
+    def _text(self, batch: dict, training: bool) -> torch.Tensor:
+        texts = batch["text"]
+        if training and self.cfg.model.caption_dropout > 0:
+            texts = ["" if self._drops_caption(key) else text for key, text in zip(batch["keys"], texts)]
+        return encode_text(texts, self.cfg.model.max_text_len).to(self.env.device)
+
+    def _drops_caption(self, key: str) -> bool:
+        # A hash of (seed, step, key), not a random stream: whichever rank, batch or worker a
+        # clip lands in, it is dropped in the same steps, so any launch trains the same numbers.
+        digest = hashlib.blake2b(f"{self.cfg.run.seed}/{self.steps_done}/{key}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") / 2**64 < self.cfg.model.caption_dropout
+
+    def after_step(self, models, step: int) -> dict[str, float]:
+        self.steps_done = step
+        return {}
 
     def loss(self, model: nn.Module, batch: dict):
         special = self.cfg.model.codebook_size
         codes = mask_padding(batch["codes"], batch["lengths"], special)
-        logits = model(self._text(batch), codes)
+        logits = model(self._text(batch, model.training), codes)
         return delayed_cross_entropy(logits, codes, batch["lengths"], special)
+
+    def state_dict(self) -> dict:
+        return {"steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        # A checkpoint written before caption dropout holds no count: its resumed run draws as
+        # at step 0 until its first step sets the count.
+        self.steps_done = state.get("steps_done", 0)
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         samples, padded_frames = len(batch["keys"]), batch["codes"].shape[-1]
@@ -84,28 +109,14 @@ class LMTask(Task):
         if gen.num_samples == 0 or self.manifest is None or not self.manifest.get("codec"):
             return
         from aurora.data import build_loader
+        from aurora.generation import LMSampler, SamplingSettings, write_index, write_samples
 
         prompts = list(gen.prompts)
         if not prompts:
             loader = build_loader(self.cfg.data, "tokens", rank=0, world_size=1, seed=self.cfg.run.seed)
             prompts = next(iter(loader))["text"]
         prompts = (prompts * gen.num_samples)[: gen.num_samples]
-
-        device = self.env.device  # the run's GPU, where it has one
-        lm = AudioLM(self.cfg.model)
-        load_model_weights(lm, run_dir)
-        lm.to(device).eval()
-        codec = load_codec(Path(self.cfg.data.shards) / self.manifest["codec"]).codec.to(device)
-        frames = max(1, round(gen.seconds * self.manifest["frame_rate"]))
-        generator = torch.Generator(device=device).manual_seed(self.cfg.run.seed)
-        with torch.no_grad():
-            codes = lm.generate(encode_text(prompts, self.cfg.model.max_text_len).to(device), frames,
-                                gen.temperature, gen.top_k, generator)
-            audio = codec.decode(codes).cpu()
+        sampler = LMSampler(run_dir, self.env.device)  # the run's GPU, where it has one
+        settings = SamplingSettings(gen.seconds, gen.temperature, gen.top_k, gen.top_p, gen.cfg_scale)
         out_dir = Path(run_dir) / "samples"
-        out_dir.mkdir(exist_ok=True)
-        with open(out_dir / "samples.jsonl", "w") as index:
-            for i, prompt in enumerate(prompts):
-                name = f"sample_{i:02d}.flac"
-                sf.write(out_dir / name, audio[i, 0].clamp(-1, 1).numpy(), codec.cfg.sample_rate)
-                index.write(json.dumps({"file": name, "prompt": prompt, "frames": frames}) + "\n")
+        write_index(out_dir, write_samples(sampler, prompts, self.cfg.run.seed, settings, out_dir, len(prompts)))

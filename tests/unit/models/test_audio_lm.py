@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from aurora.models.audio_lm import BOS_ID, PAD_ID, SEP_ID, AudioLM, AudioLMConfig, encode_text
+from aurora.models.audio_lm import (BOS_ID, PAD_ID, SEP_ID, AudioLM, AudioLMConfig, encode_text, sample,
+                                    unconditional_text)
 from aurora.models.delay_pattern import delay_pattern_mask, revert_delay_pattern
 from aurora.models.transformer import TransformerConfig
 
@@ -114,26 +115,81 @@ def test_overfits_one_example():
 def test_generate_shape_range_and_determinism():
     model = make_model()
     text, _ = batch()
-    out = model.generate(text, 7, top_k=5, generator=torch.Generator().manual_seed(1))
+    out = model.generate(text, 7, top_k=5, generators=seeded(1, 2))
     assert out.shape == (2, K, 7) and out.dtype == torch.long
     assert out.min() >= 0 and out.max() < CARD
-    again = model.generate(text, 7, top_k=5, generator=torch.Generator().manual_seed(1))
+    again = model.generate(text, 7, top_k=5, generators=seeded(1, 2))
     assert torch.equal(out, again)
-    full = model.generate(text, 7, generator=torch.Generator().manual_seed(2))
+    full = model.generate(text, 7, generators=seeded(3, 4))
     assert full.shape == (2, K, 7) and full.max() < CARD
+
+
+def seeded(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def greedy_without_cache(model: AudioLM, text: torch.Tensor, num_frames: int, cfg_scale: float = 1.0) -> torch.Tensor:
+    """The reference: every step recomputes the whole prefix; guidance from two separate passes."""
+    real = delay_pattern_mask(K, num_frames)
+    delayed = torch.empty(text.shape[0], K, 0, dtype=torch.long)
+    uncond = unconditional_text(text.shape[0], text.shape[1])
+    with torch.no_grad():
+        for t in range(num_frames + K - 1):
+            logits = model.forward_delayed(text, delayed)[:, :, -1]
+            if cfg_scale != 1.0:
+                free = model.forward_delayed(uncond, delayed)[:, :, -1]
+                logits = free + cfg_scale * (logits - free)
+            frame = logits.argmax(-1)
+            frame[:, ~real[:, t]] = CARD
+            delayed = torch.cat([delayed, frame[..., None]], dim=2)
+    return revert_delay_pattern(delayed)
 
 
 def test_cached_generation_equals_greedy_without_cache():
     model = make_model()
     text, _ = batch()
-    num_frames = 6
-    steps = num_frames + K - 1
-    real = delay_pattern_mask(K, num_frames)
-    delayed = torch.empty(2, K, 0, dtype=torch.long)
-    with torch.no_grad():
-        for t in range(steps):
-            frame = model.forward_delayed(text, delayed)[:, :, -1].argmax(-1)
-            frame[:, ~real[:, t]] = CARD
-            delayed = torch.cat([delayed, frame[..., None]], dim=2)
-    expected = revert_delay_pattern(delayed)
-    assert torch.equal(model.generate(text, num_frames, top_k=1), expected)
+    assert torch.equal(model.generate(text, 6, top_k=1), greedy_without_cache(model, text, 6))
+
+
+def test_guided_generation_equals_two_separate_passes():
+    """CFG at scale 3 (conditional and unconditional rows in one batch, one cache) equals
+    combining the logits of a conditional and an unconditional pass computed apart."""
+    model = make_model()
+    text, _ = batch()
+    assert torch.equal(model.generate(text, 6, top_k=1, cfg_scale=3.0), greedy_without_cache(model, text, 6, 3.0))
+    assert not torch.equal(model.generate(text, 6, top_k=1, cfg_scale=3.0), model.generate(text, 6, top_k=1))
+
+
+def test_cfg_scale_zero_is_sampling_from_the_empty_caption():
+    model = make_model()
+    text, _ = batch()
+    empty = encode_text(["", ""], text.shape[1])
+    assert torch.equal(model.generate(text, 6, cfg_scale=0.0, generators=seeded(5, 6)),
+                       model.generate(empty, 6, generators=seeded(5, 6)))
+    assert torch.equal(unconditional_text(2, text.shape[1]), empty)
+
+
+def test_a_rows_sample_depends_on_its_own_generator_only():
+    """Row 1 sampled in a batch of 3 equals row 1 sampled alone with the same generator seed: so
+    a prompt's clip does not depend on how prompts were batched or split across ranks."""
+    model = make_model()
+    text, _ = batch(B=3)
+    together = model.generate(text, 6, generators=seeded(7, 8, 9))
+    alone = model.generate(text[1:2], 6, generators=seeded(8))
+    assert torch.equal(together[1:2], alone)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    """Probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.7 keeps the first two (0.5 < 0.7 <= 0.8),
+    top_p=0.5 keeps the first alone; draws follow the renormalised kept mass."""
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log().expand(4000, 4)
+    drawn = sample(logits, top_p=0.7, generators=None)
+    assert set(drawn.tolist()) == {0, 1}
+    assert (drawn == 0).float().mean().item() == pytest.approx(0.5 / 0.8, abs=0.03)
+    assert set(sample(logits, top_p=0.5).tolist()) == {0}
+    assert set(sample(logits, top_p=1.0).tolist()) == {0, 1, 2, 3}
+
+
+def test_sample_refuses_a_generator_count_that_is_not_the_batch():
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        sample(torch.zeros(3, 5), generators=seeded(1, 2))

@@ -1,0 +1,186 @@
+"""Sampling clips from a trained audio LM run: ``aurora generate`` and the end-of-training samples.
+
+    aurora generate RUN --caption "a low tone" [--caption ...] | --captions FILE
+                    [--num-samples N] --out DIR [--cfg-scale 3] [--temperature 1] [--top-k 50]
+                    [--top-p 1] [--max-seconds 2] [--seed 0] [--step N] [--batch-size 8]
+
+Prompt i (each caption repeated ``--num-samples`` times, in order) is sampled with its own
+generator seeded ``seed + i``, and prompts are batched in that order, ``--batch-size`` at a time;
+under torchrun rank r takes batches r, r + world, ... So any launch writes the same files as one
+process, and ``--seed S+i`` with prompt i's caption alone reproduces sample i. The LM has no
+end token: every clip is ``--max-seconds`` long. Tokens decode with the codec named in the token
+shards' manifest (the one that made them).
+
+Output in DIR: ``sample_{i:05d}.flac``, ``sample_{i:05d}.codes.npy`` (int16 [n_q, frames]) and
+``samples.jsonl`` (one line per sample: files, caption, seed, frames and the settings).
+"""
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.distributed as dist
+
+from aurora.config import ConfigError, load_config, peek_task
+from aurora.data.manifest import resolve_shards
+from aurora.models.audio_lm import AudioLM, encode_text
+from aurora.precision import bf16_autocast
+from aurora.runs import load_model_weights, resolve_checkpoint, step_dirname
+
+
+@dataclass
+class SamplingSettings:
+    seconds: float = 2.0
+    """Length of each clip."""
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+    """Classifier-free guidance: 1 conditional, 0 unconditional, > 1 guided."""
+
+
+class LMSampler:
+    """An LM run's model and the codec of its tokens, on ``device`` (bf16 autocast on a GPU)."""
+
+    def __init__(self, run_dir: str | Path, device: torch.device, step: int | None = None):
+        from aurora.tasks.codec.load import load_codec
+
+        run_dir = Path(run_dir)
+        self.cfg = load_lm_config(run_dir)
+        _, manifest = resolve_shards(self.cfg.data.shards)
+        if manifest is None or not manifest.get("codec"):
+            raise ConfigError(f"{run_dir} trained on {self.cfg.data.shards}, whose manifest names no codec to decode "
+                              "its tokens with: tokenize the audio with data_prep.tokenize, which records the codec")
+        self.frame_rate = manifest["frame_rate"]
+        checkpoint = run_dir / "checkpoints" / step_dirname(step) if step is not None else run_dir
+        self.lm = AudioLM(self.cfg.model)
+        self.checkpoint = load_model_weights(self.lm, resolve_checkpoint(checkpoint))
+        self.lm.to(device).eval()
+        self.codec = load_codec(Path(self.cfg.data.shards) / manifest["codec"]).codec.to(device)
+        self.device = device
+
+    def text_tokens(self, captions: list[str]) -> torch.Tensor:
+        """Captions as the LM's text tokens; one too long for ``model.max_text_len`` is refused."""
+        check_captions(captions, self.cfg.model.max_text_len)
+        return encode_text(captions, self.cfg.model.max_text_len).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, captions: list[str], seeds: list[int], settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes [B, n_q, frames] and audio [B, 1, samples] (on the CPU) for one batch."""
+        generators = [torch.Generator(device=self.device).manual_seed(seed) for seed in seeds]
+        frames = max(1, round(settings.seconds * self.frame_rate))
+        with bf16_autocast(self.device.type, enabled=self.device.type == "cuda"):
+            codes = self.lm.generate(self.text_tokens(captions), frames, settings.temperature, settings.top_k,
+                                     settings.top_p, settings.cfg_scale, generators)
+        audio = self.codec.decode(codes).float()
+        return codes.cpu(), audio.cpu()
+
+
+def check_captions(captions: list[str], max_text_len: int) -> None:
+    """ConfigError naming the first caption longer than an LM with ``max_text_len`` reads."""
+    limit = max_text_len - 2  # BOS and SEP
+    for caption in captions:
+        size = len(caption.encode("utf-8"))
+        if size > limit:
+            raise ConfigError(f"caption {caption[:40]!r}... is {size} bytes; this LM reads at most {limit} "
+                              f"(model.max_text_len={max_text_len}): shorten it")
+
+
+def load_lm_config(run_dir: Path):
+    from aurora.tasks.lm import LMTrainConfig
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a training run: it has no config.yaml")
+    task = peek_task(config)
+    if task != "lm":
+        raise ConfigError(f"{run_dir} is a '{task}' run: aurora generate samples from an audio LM run (task: lm); "
+                          "a codec decodes tokens, it takes no caption")
+    return load_config(LMTrainConfig, config)
+
+
+def my_batches(num_prompts: int, batch_size: int, rank: int, world_size: int) -> list[range]:
+    """The prompt indices of this rank's batches: batch j holds prompts [j*b, (j+1)*b), and rank
+    r takes batches r, r + world_size, ..."""
+    starts = range(rank * batch_size, num_prompts, world_size * batch_size)
+    return [range(start, min(start + batch_size, num_prompts)) for start in starts]
+
+
+def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: SamplingSettings, out_dir: Path,
+                  batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Sample and write this rank's share of ``captions`` (prompt i seeded ``seed + i``) into
+    ``out_dir``; the records of the samples written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for indices in my_batches(len(captions), batch_size, rank, world_size):
+        batch = [captions[i] for i in indices]
+        codes, audio = sampler.sample(batch, [seed + i for i in indices], settings)
+        for row, i in enumerate(indices):
+            name = f"sample_{i:05d}"
+            sf.write(out_dir / f"{name}.flac", audio[row, 0].clamp(-1, 1).numpy(), sampler.codec.cfg.sample_rate)
+            np.save(out_dir / f"{name}.codes.npy", codes[row].numpy().astype(np.int16))
+            records.append({"index": i, "file": f"{name}.flac", "codes": f"{name}.codes.npy", "caption": batch[row],
+                            "seed": seed + i, "frames": codes.shape[-1], "checkpoint": str(sampler.checkpoint),
+                            **asdict(settings)})
+    return records
+
+
+def write_index(out_dir: Path, records: list[dict]) -> None:
+    with open(out_dir / "samples.jsonl", "w") as index:
+        for record in sorted(records, key=lambda r: r["index"]):
+            index.write(json.dumps(record) + "\n")
+
+
+def _captions(args: argparse.Namespace) -> list[str]:
+    captions = list(args.caption or [])
+    if args.captions:
+        captions += [line.strip() for line in Path(args.captions).read_text().splitlines() if line.strip()]
+    if not captions:
+        raise ConfigError("no caption: give --caption TEXT (repeatable) or --captions FILE (one per line)")
+    return [c for c in captions for _ in range(args.num_samples)]
+
+
+def add_generate_parser(commands) -> None:
+    gen = commands.add_parser("generate", help="sample audio from an LM run")
+    gen.add_argument("run", type=Path, help="an LM training run directory")
+    gen.add_argument("--caption", action="append", help="a caption to sample (repeatable)")
+    gen.add_argument("--captions", type=Path, help="a file of captions, one per line")
+    gen.add_argument("--num-samples", type=int, default=1, help="samples per caption")
+    gen.add_argument("--out", type=Path, required=True, help="output directory")
+    defaults = SamplingSettings()
+    gen.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale)
+    gen.add_argument("--temperature", type=float, default=defaults.temperature)
+    gen.add_argument("--top-k", type=int, default=defaults.top_k)
+    gen.add_argument("--top-p", type=float, default=defaults.top_p)
+    gen.add_argument("--max-seconds", type=float, default=defaults.seconds, help="length of every clip")
+    gen.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + i")
+    gen.add_argument("--step", type=int, help="the checkpoint of this step (default: the latest)")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    gen.set_defaults(func=generate_command)
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    from aurora.config.schema import DistConfig
+    from aurora.distributed import init_distributed, shutdown
+
+    captions = _captions(args)
+    settings = SamplingSettings(args.max_seconds, args.temperature, args.top_k, args.top_p, args.cfg_scale)
+    # A wrong run or caption is refused before any process group forms.
+    check_captions(captions, load_lm_config(args.run).model.max_text_len)
+    env = init_distributed(DistConfig())
+    try:
+        sampler = LMSampler(args.run, env.device, args.step)
+        records = write_samples(sampler, captions, args.seed, settings, args.out, args.batch_size, env.rank,
+                                env.world_size)
+        gathered = [None] * env.world_size if env.world_size > 1 else [records]
+        if env.world_size > 1:
+            dist.all_gather_object(gathered, records)
+        if env.is_main:
+            write_index(args.out, [r for part in gathered for r in part])
+            print(f"aurora: wrote {len(captions)} samples to {args.out}")
+    finally:
+        shutdown()

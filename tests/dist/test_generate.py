@@ -1,0 +1,67 @@
+"""``aurora generate``: 2 ranks write what 1 process writes, and bad requests get one clear line."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers.runs import cli, lm_train_args
+
+CAPTIONS = ["a low tone", "a high tone", "noise"]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, tokens, pool1):
+    """The small LM trained 2 steps on real codec tokens (4 codebooks x 64; their manifest names the codec)."""
+    run = tmp_path_factory.mktemp("lm") / "run"
+    args = lm_train_args(run, tokens, 2, "trainer.checkpoint_every=2", "model.codebook_size=64")
+    assert pool1.run(cli, *args)[0].value == 0
+    return run
+
+
+def _generate(pool, run, out, *extra: str) -> int:
+    args = ["generate", str(run), *[a for c in CAPTIONS for a in ("--caption", c)], "--num-samples", "2",
+            "--out", str(out), "--max-seconds", "0.3", "--batch-size", "2", "--seed", "11", *extra]
+    return [r.value for r in pool.run(cli, *args)]
+
+
+def test_two_ranks_write_what_one_process_writes(tmp_path, lm_run, pool1, pool2):
+    """6 prompts in batches of 2: rank 0 samples batches 0 and 2, rank 1 batch 1; the codes,
+    the audio and the index equal a 1-process run's, because each prompt has its own seed."""
+    assert _generate(pool1, lm_run, tmp_path / "one", "--cfg-scale", "2") == [0]
+    assert _generate(pool2, lm_run, tmp_path / "two", "--cfg-scale", "2") == [0, 0]
+    one = [json.loads(line) for line in (tmp_path / "one" / "samples.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    assert one == two and len(one) == 6
+    assert [r["caption"] for r in one] == [c for c in CAPTIONS for _ in range(2)]
+    assert [r["seed"] for r in one] == list(range(11, 17)) and one[0]["cfg_scale"] == 2.0
+    for record in one:
+        codes = np.load(tmp_path / "one" / record["codes"])
+        assert codes.dtype == np.int16 and codes.shape == (4, record["frames"])
+        assert np.array_equal(codes, np.load(tmp_path / "two" / record["codes"]))
+        audio, rate = sf.read(tmp_path / "one" / record["file"])
+        assert np.array_equal(audio, sf.read(tmp_path / "two" / record["file"])[0]) and rate == 16000
+    # Two samples of one caption differ: their seeds do.
+    assert not np.array_equal(np.load(tmp_path / "one" / one[0]["codes"]), np.load(tmp_path / "one" / one[1]["codes"]))
+
+
+def test_a_prompt_sampled_alone_with_its_seed_is_the_same_clip(tmp_path, lm_run, pool1):
+    assert _generate(pool1, lm_run, tmp_path / "all") == [0]
+    args = ["generate", str(lm_run), "--caption", CAPTIONS[1], "--out", str(tmp_path / "alone"), "--max-seconds", "0.3",
+            "--seed", str(11 + 3)]
+    assert pool1.run(cli, *args)[0].value == 0
+    assert np.array_equal(np.load(tmp_path / "alone" / "sample_00000.codes.npy"),
+                          np.load(tmp_path / "all" / "sample_00003.codes.npy"))
+
+
+def test_generate_refuses_a_codec_run_and_a_caption_too_long(tmp_path, lm_run, capfd):
+    codec_run = tmp_path / "codec"
+    codec_run.mkdir()
+    (codec_run / "config.yaml").write_text("task: codec\n")
+    assert cli("generate", str(codec_run), "--caption", "x", "--out", str(tmp_path / "o")) == 2
+    assert "is a 'codec' run: aurora generate samples from an audio LM run" in capfd.readouterr().err
+    assert cli("generate", str(lm_run), "--caption", "y" * 100, "--out", str(tmp_path / "o")) == 2
+    assert "is 100 bytes; this LM reads at most 62 (model.max_text_len=64): shorten it" in capfd.readouterr().err
+    assert cli("generate", str(lm_run), "--out", str(tmp_path / "o")) == 2
+    assert "no caption: give --caption TEXT" in capfd.readouterr().err
