@@ -18,6 +18,8 @@ class Capabilities:
     (``sync.mode=hierarchical``), instead of reducing across nodes every step itself."""
     resume_on_other_world_size: bool = True
     """Resumes a checkpoint written by another number of ranks."""
+    compile: bool = True
+    """Its blocks compile (``engine.compile``) into graphs that stay within dynamo's cache."""
 
 
 def capabilities_of(engine: EngineConfig) -> Capabilities:
@@ -46,6 +48,10 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.trainer.async_checkpoint and not caps.async_checkpoint:
         raise ValueError(f"trainer.async_checkpoint is not supported by {engine} (its checkpoints go through "
                          f"its own save): set trainer.async_checkpoint=false")
+    if cfg.engine.compile and not caps.compile:
+        raise ValueError(f"engine.compile=true is not supported by {engine}: dynamo traces its hooks on every "
+                         f"submodule and recompiles once per submodule, past its cache, then runs eager: use "
+                         f"engine.name=fsdp or engine.deepspeed.zero_stage=2, or engine.compile=false")
     if cfg.sync.mode == SyncMode.hierarchical and not caps.hierarchical_sync:
         raise ValueError(f"sync.mode=hierarchical is not supported by {engine}: it reduces across nodes every "
                          f"step itself; use engine.name=ddp, or fsdp without engine.fsdp.hsdp")

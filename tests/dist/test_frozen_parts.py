@@ -60,7 +60,7 @@ class DistillTask(LMTask):
                 FrozenPartSpec(EMA, ema, ema.shard_units(), updated=True)]
 
     def part_loss(self, part: str, models: PartModels, batch: dict, carry: dict, step: int):
-        text, codes = self._text(batch), batch["codes"]
+        text, codes = self._text(batch, models[MAIN_PART].training), batch["codes"]
         student = models[MAIN_PART](text, codes)
         with torch.no_grad():
             teacher = models[TEACHER](text, codes)

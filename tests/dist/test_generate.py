@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from tests.helpers.runs import cli, lm_train_args
+from tests.helpers.steps import engine_overrides
 
 CAPTIONS = ["a low tone", "a high tone", "noise"]
 
@@ -65,3 +66,19 @@ def test_generate_refuses_a_codec_run_and_a_caption_too_long(tmp_path, lm_run, c
     assert "is 100 bytes; this LM reads at most 62 (model.max_text_len=64): shorten it" in capfd.readouterr().err
     assert cli("generate", str(lm_run), "--out", str(tmp_path / "o")) == 2
     assert "no caption: give --caption TEXT" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "zero1", "zero3"])
+def test_a_checkpoint_of_each_engine_loads(tmp_path, tokens, pool2, engine):
+    """A 2-rank run of each engine (FSDP2's DCP shards; DeepSpeed's own files, ZeRO-3's
+    partitioned) samples on 2 ranks; the fixture's DDP run is the plain DCP case. That the
+    weights loaded are the trained ones is checked where runs of each engine are compared
+    (tests/dist/test_resume.py, test_engine_parity.py)."""
+    run = tmp_path / "run"
+    args = lm_train_args(run, tokens, 2, "trainer.checkpoint_every=2", "model.codebook_size=64",
+                         *engine_overrides(tmp_path)[engine])
+    assert pool2.run(cli, *args)[0].value == 0
+    assert _generate(pool2, run, tmp_path / "out") == [0, 0]
+    records = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["checkpoint"].endswith("step_00000002") for r in records)
+    assert np.load(tmp_path / "out" / records[-1]["codes"]).shape == (4, records[-1]["frames"])

@@ -50,6 +50,8 @@ def test_errors_are_one_line_and_name_the_key(override, expected):
                                                             "engine.name=deepspeed"),
     (["engine.fsdp.hsdp=true", "sync.mode=hierarchical"], "sync.mode=hierarchical is not supported by "
                                                             "engine.name=fsdp with engine.fsdp.hsdp=true"),
+    (["engine.name=deepspeed", "engine.deepspeed.zero_stage=3", "engine.compile=true"],
+     "engine.compile=true is not supported by engine.name=deepspeed with engine.deepspeed.zero_stage=3"),
     (["sync.outer_every=0"], "sync.outer_every must be >= 1, got 0"),
     (["optim.name=lamb"], "optim.name"),
 ])

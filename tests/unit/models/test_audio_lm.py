@@ -5,8 +5,8 @@ import torch
 
 from aurora.models.audio_lm import (BOS_ID, PAD_ID, SEP_ID, AudioLM, AudioLMConfig, encode_text, sample,
                                     unconditional_text)
-from aurora.models.delay_pattern import delay_pattern_mask, revert_delay_pattern
 from aurora.models.transformer import TransformerConfig
+from tools.bench.sampling_speed import recompute_greedy
 
 CARD = 16
 K = 3
@@ -128,27 +128,10 @@ def seeded(*seeds: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in seeds]
 
 
-def greedy_without_cache(model: AudioLM, text: torch.Tensor, num_frames: int, cfg_scale: float = 1.0) -> torch.Tensor:
-    """The reference: every step recomputes the whole prefix; guidance from two separate passes."""
-    real = delay_pattern_mask(K, num_frames)
-    delayed = torch.empty(text.shape[0], K, 0, dtype=torch.long)
-    uncond = unconditional_text(text.shape[0], text.shape[1])
-    with torch.no_grad():
-        for t in range(num_frames + K - 1):
-            logits = model.forward_delayed(text, delayed)[:, :, -1]
-            if cfg_scale != 1.0:
-                free = model.forward_delayed(uncond, delayed)[:, :, -1]
-                logits = free + cfg_scale * (logits - free)
-            frame = logits.argmax(-1)
-            frame[:, ~real[:, t]] = CARD
-            delayed = torch.cat([delayed, frame[..., None]], dim=2)
-    return revert_delay_pattern(delayed)
-
-
-def test_cached_generation_equals_greedy_without_cache():
+def test_cached_generation_equals_recompute_greedy():
     model = make_model()
     text, _ = batch()
-    assert torch.equal(model.generate(text, 6, top_k=1), greedy_without_cache(model, text, 6))
+    assert torch.equal(model.generate(text, 6, top_k=1), recompute_greedy(model, text, 6))
 
 
 def test_guided_generation_equals_two_separate_passes():
@@ -156,7 +139,7 @@ def test_guided_generation_equals_two_separate_passes():
     combining the logits of a conditional and an unconditional pass computed apart."""
     model = make_model()
     text, _ = batch()
-    assert torch.equal(model.generate(text, 6, top_k=1, cfg_scale=3.0), greedy_without_cache(model, text, 6, 3.0))
+    assert torch.equal(model.generate(text, 6, top_k=1, cfg_scale=3.0), recompute_greedy(model, text, 6, 3.0))
     assert not torch.equal(model.generate(text, 6, top_k=1, cfg_scale=3.0), model.generate(text, 6, top_k=1))
 
 
