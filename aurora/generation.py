@@ -37,8 +37,11 @@ class SamplingSettings:
     seconds: float = 2.0
     """Length of each clip."""
     temperature: float = 1.0
+    """Softmax temperature (0: greedy)."""
     top_k: int = 50
+    """Sample among the k most likely codes (0: all, 1: greedy)."""
     top_p: float = 1.0
+    """Sample among the most likely codes whose probability reaches top_p (1: all)."""
     cfg_scale: float = 1.0
     """Classifier-free guidance: 1 conditional, 0 unconditional, > 1 guided."""
 
