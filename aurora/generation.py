@@ -17,7 +17,7 @@ Output in DIR: ``sample_{i:05d}.flac``, ``sample_{i:05d}.codes.npy`` (int16 [n_q
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from aurora.config import ConfigError, load_config, peek_task
 from aurora.data.manifest import resolve_shards
 from aurora.models.audio_lm import AudioLM, encode_text
 from aurora.precision import bf16_autocast
-from aurora.runs import load_model_weights, resolve_checkpoint, step_dirname
+from aurora.runs import load_model_weights, step_dirname
 
 
 @dataclass
@@ -61,7 +61,7 @@ class LMSampler:
         self.frame_rate = manifest["frame_rate"]
         checkpoint = run_dir / "checkpoints" / step_dirname(step) if step is not None else run_dir
         self.lm = AudioLM(self.cfg.model)
-        self.checkpoint = load_model_weights(self.lm, resolve_checkpoint(checkpoint))
+        self.checkpoint = load_model_weights(self.lm, checkpoint)
         self.lm.to(device).eval()
         self.codec = load_codec(Path(self.cfg.data.shards) / manifest["codec"]).codec.to(device)
         self.device = device
@@ -128,7 +128,7 @@ def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: 
             np.save(out_dir / f"{name}.codes.npy", codes[row].numpy().astype(np.int16))
             records.append({"index": i, "file": f"{name}.flac", "codes": f"{name}.codes.npy", "caption": batch[row],
                             "seed": seed + i, "frames": codes.shape[-1], "checkpoint": str(sampler.checkpoint),
-                            **asdict(settings)})
+                            **{f.name: getattr(settings, f.name) for f in fields(SamplingSettings)}})
     return records
 
 
@@ -179,8 +179,9 @@ def generate_command(args: argparse.Namespace) -> None:
         sampler = LMSampler(args.run, env.device, args.step)
         records = write_samples(sampler, captions, args.seed, settings, args.out, args.batch_size, env.rank,
                                 env.world_size)
-        gathered = [None] * env.world_size if env.world_size > 1 else [records]
+        gathered = [records]
         if env.world_size > 1:
+            gathered = [None] * env.world_size
             dist.all_gather_object(gathered, records)
         if env.is_main:
             write_index(args.out, [r for part in gathered for r in part])

@@ -15,27 +15,20 @@ from torch import nn
 from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.manifest import resolve_shards
+from aurora.generation import SamplingSettings
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy, encode_text, mask_padding
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.base import MODEL_FLOPS, Task
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(SamplingSettings):
+    """The end-of-training samples: how many, of what, and ``aurora generate``'s settings."""
+
     num_samples: int = 4
     """Clips written to RUN/samples at the end of training (0 disables sampling)."""
     prompts: list[str] = field(default_factory=list)
     """Captions to sample from; empty: the captions of the first training batch."""
-    seconds: float = 2.0
-    """Length of each generated clip."""
-    temperature: float = 1.0
-    """Softmax temperature of sampling."""
-    top_k: int = 50
-    """Sample among the k most likely codes (0: all, 1: greedy)."""
-    top_p: float = 1.0
-    """Sample among the most likely codes whose probability reaches top_p (1: all)."""
-    cfg_scale: float = 1.0
-    """Classifier-free guidance scale (1: conditional, 0: unconditional, > 1: guided)."""
 
 
 @dataclass
@@ -109,7 +102,7 @@ class LMTask(Task):
         if gen.num_samples == 0 or self.manifest is None or not self.manifest.get("codec"):
             return
         from aurora.data import build_loader
-        from aurora.generation import LMSampler, SamplingSettings, write_index, write_samples
+        from aurora.generation import LMSampler, write_index, write_samples
 
         prompts = list(gen.prompts)
         if not prompts:
@@ -117,6 +110,5 @@ class LMTask(Task):
             prompts = next(iter(loader))["text"]
         prompts = (prompts * gen.num_samples)[: gen.num_samples]
         sampler = LMSampler(run_dir, self.env.device)  # the run's GPU, where it has one
-        settings = SamplingSettings(gen.seconds, gen.temperature, gen.top_k, gen.top_p, gen.cfg_scale)
         out_dir = Path(run_dir) / "samples"
-        write_index(out_dir, write_samples(sampler, prompts, self.cfg.run.seed, settings, out_dir, len(prompts)))
+        write_index(out_dir, write_samples(sampler, prompts, self.cfg.run.seed, gen, out_dir, len(prompts)))
