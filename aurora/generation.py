@@ -17,13 +17,13 @@ Output in DIR: ``sample_{i:05d}.flac``, ``sample_{i:05d}.codes.npy`` (int16 [n_q
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-import torch.distributed as dist
 
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data.manifest import resolve_shards
@@ -94,16 +94,19 @@ def check_captions(captions: list[str], max_text_len: int) -> None:
 
 
 def load_lm_config(run_dir: Path):
+    """The config of an audio LM run (task lm, or a recipe that trains one, such as dpo)."""
+    from aurora.tasks import get_task
     from aurora.tasks.lm import LMTrainConfig
 
-    config = run_dir / "config.yaml"
+    config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run: it has no config.yaml")
     task = peek_task(config)
-    if task != "lm":
-        raise ConfigError(f"{run_dir} is a '{task}' run: aurora generate samples from an audio LM run (task: lm); "
-                          "a codec decodes tokens, it takes no caption")
-    return load_config(LMTrainConfig, config)
+    schema = get_task(task).config_class
+    if not issubclass(schema, LMTrainConfig):
+        raise ConfigError(f"{run_dir} is a '{task}' run: aurora generate samples from an audio LM run (task: lm "
+                          "or dpo); a codec decodes tokens, it takes no caption")
+    return load_config(schema, config)
 
 
 def my_batches(num_prompts: int, batch_size: int, rank: int, world_size: int) -> list[range]:
@@ -118,6 +121,7 @@ def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: 
     """Sample and write this rank's share of ``captions`` (prompt i seeded ``seed + i``) into
     ``out_dir``; the records of the samples written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rank_records(out_dir, rank, world_size).unlink(missing_ok=True)  # an interrupted run's
     records = []
     for indices in my_batches(len(captions), batch_size, rank, world_size):
         batch = [captions[i] for i in indices]
@@ -132,10 +136,34 @@ def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: 
     return records
 
 
-def write_index(out_dir: Path, records: list[dict]) -> None:
+RANK_RECORDS = ".records.{rank}-of-{world}.jsonl"
+"""One rank's sample records in the output directory, until ``write_index`` merges them."""
+
+
+def rank_records(out_dir: Path, rank: int, world_size: int) -> Path:
+    return out_dir / RANK_RECORDS.format(rank=rank, world=world_size)
+
+
+def write_rank_records(out_dir: Path, records: list[dict], rank: int, world_size: int) -> None:
+    """This rank's records, for ``write_index`` (a file, not a collective: a rank that failed to
+    sample leaves no file rather than the others waiting for it)."""
+    path = rank_records(out_dir, rank, world_size)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
+    os.replace(tmp, path)
+
+
+def write_index(out_dir: Path, world_size: int) -> int:
+    """Merge the records of every rank of ``world_size`` into ``out_dir/samples.jsonl`` (by
+    prompt index); how many."""
+    parts = [path for rank in range(world_size) if (path := rank_records(out_dir, rank, world_size)).is_file()]
+    records = [json.loads(line) for part in parts for line in part.read_text().splitlines() if line]
     with open(out_dir / "samples.jsonl", "w") as index:
         for record in sorted(records, key=lambda r: r["index"]):
             index.write(json.dumps(record) + "\n")
+    for part in parts:
+        part.unlink()
+    return len(records)
 
 
 def _captions(args: argparse.Namespace) -> list[str]:
@@ -168,7 +196,7 @@ def add_generate_parser(commands) -> None:
 
 def generate_command(args: argparse.Namespace) -> None:
     from aurora.config.schema import DistConfig
-    from aurora.distributed import init_distributed, shutdown
+    from aurora.distributed import barrier, init_distributed, shutdown
 
     captions = _captions(args)
     settings = SamplingSettings(args.max_seconds, args.temperature, args.top_k, args.top_p, args.cfg_scale)
@@ -179,12 +207,9 @@ def generate_command(args: argparse.Namespace) -> None:
         sampler = LMSampler(args.run, env.device, args.step)
         records = write_samples(sampler, captions, args.seed, settings, args.out, args.batch_size, env.rank,
                                 env.world_size)
-        gathered = [records]
-        if env.world_size > 1:
-            gathered = [None] * env.world_size
-            dist.all_gather_object(gathered, records)
+        write_rank_records(args.out, records, env.rank, env.world_size)
+        barrier()
         if env.is_main:
-            write_index(args.out, [r for part in gathered for r in part])
-            print(f"aurora: wrote {len(captions)} samples to {args.out}")
+            print(f"aurora: wrote {write_index(args.out, env.world_size)} samples to {args.out}")
     finally:
         shutdown()

@@ -158,6 +158,16 @@ def lm_straight(tmp_path_factory, token_shards, pool2) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory, tokens, pool1) -> Path:
+    """The small LM trained 2 steps in 1 process on real codec tokens (``tokens``: 4 codebooks
+    x 64; their manifest names the codec): the run that generation, pairs and DPO start from."""
+    run = tmp_path_factory.mktemp("lm") / "run"
+    args = lm_train_args(run, tokens, 2, "trainer.checkpoint_every=2", "model.codebook_size=64")
+    assert pool1.run(cli, *args)[0].value == 0
+    return run
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _codec_run_started(request, tmp_path_factory, audio_shards):
     """Starts the shared codec run at the beginning of the session, if a selected test reads it."""

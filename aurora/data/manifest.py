@@ -6,7 +6,8 @@ Every shard set (audio or tokens) carries a manifest next to its tars::
      "shards": [{"name": "shard-000000.tar", "samples": 64, "seconds": 127.3}, ...],
      "num_samples": 200, "hours": 0.11, "created_by": "...", ...extra}
 
-Token manifests add ``n_q``, ``codebook_size``, ``frame_rate`` and ``codec`` as extra keys.
+Token manifests add ``n_q``, ``codebook_size``, ``frame_rate`` and ``codec`` as extra keys; pair
+manifests (aurora.data.pairs) add the same, and ``policy`` and ``reference``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aurora.data.config import DataError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-KINDS = ("audio", "tokens")
+KINDS = ("audio", "tokens", "pairs")
 REQUIRED_KEYS = ("schema_version", "kind", "sample_rate", "shards", "num_samples", "hours")
 _RECREATE = "re-create the shards with `python -m data_prep.make_shards`"
 

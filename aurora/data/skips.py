@@ -24,6 +24,10 @@ EMPTY_AUDIO = "empty_audio"
 """The audio member decodes to zero samples."""
 EMPTY_CODES = "empty_codes"
 """The codes member has zero frames."""
+LONG_PAIR = "long_pair"
+"""A preference pair with a side longer than ``data.context_frames`` (pairs are never cropped)."""
+IDENTICAL_PAIR = "identical_pair"
+"""A preference pair whose chosen and rejected codes are the same."""
 
 
 class BadSample(Exception):

@@ -43,11 +43,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from aurora.data.audio import AudioExamples
 from aurora.data.buckets import DurationBuckets
 from aurora.data.config import DataConfig, DataError
-from aurora.data.manifest import resolve_shards
+from aurora.data.manifest import KINDS, resolve_shards
 from aurora.data.plan import EpochPlan, Ranges, normalize
 from aurora.data.shuffle import PositionShuffle
 from aurora.data.skips import READ_ERROR, BadSample, SkipCounter
 from aurora.data.tars import ShardReader, index_shard
+from aurora.data.pairs import PairExamples
 from aurora.data.tokens import TokenExamples
 
 STATE_VERSION = 2
@@ -345,7 +346,7 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
 
 
 def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int, pin_memory: bool = False):
-    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio" or "tokens");
+    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio", "tokens" or "pairs");
     ``pin_memory`` for a trainer on a GPU."""
     _check(cfg, kind, rank, world_size)
     urls, manifest = resolve_shards(cfg.shards)
@@ -380,15 +381,21 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
         examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds, pad_to_longest=dynamic)
         longest = cfg.segment_seconds
     else:
+        noun, maker = _CODE_SHARDS[kind]
         if manifest is None or not isinstance(manifest.get("n_q"), int):
-            raise DataError(f"token shards {cfg.shards!r} need a manifest.json with n_q (the number of "
-                            f"codebooks): re-create them with the tokenizer")
+            raise DataError(f"{noun} shards {cfg.shards!r} need a manifest.json with n_q (the number of "
+                            f"codebooks): re-create them with {maker}")
         frame_rate = manifest.get("frame_rate")
         if dynamic and not isinstance(frame_rate, (int, float)):
-            raise DataError(f"data.batching=dynamic measures token examples in seconds, but {cfg.shards!r}'s "
-                            f"manifest has no frame_rate: re-create the token shards with data_prep.tokenize")
-        examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
-                                 codebook_size=manifest.get("codebook_size"))
+            raise DataError(f"data.batching=dynamic measures {noun} examples in seconds, but {cfg.shards!r}'s "
+                            f"manifest has no frame_rate: re-create the {noun} shards with {maker}")
+        if kind == "tokens":
+            examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
+                                     codebook_size=manifest.get("codebook_size"))
+        else:
+            examples = PairExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
+                                    codebook_size=manifest.get("codebook_size"),
+                                    reference=(manifest.get("reference") or {}).get("id"))
         longest = cfg.context_frames / frame_rate if dynamic else 0.0
     buckets = DurationBuckets(longest, cfg.max_seconds_per_batch, cfg.bucket_width) if dynamic else None
     plan = EpochPlan(counts, seed, readers)
@@ -397,9 +404,13 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
     return ResumableLoader(stream, cfg.num_workers, kind, world_size, _shards_digest(urls, counts), pin_memory)
 
 
+_CODE_SHARDS = {"tokens": ("token", "data_prep.tokenize"), "pairs": ("pair", "data_prep.make_pairs")}
+"""Each kind of code shards: its name in messages, and the command that writes it."""
+
+
 def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:
-    if kind not in ("audio", "tokens"):
-        raise DataError(f"data kind must be 'audio' or 'tokens', got {kind!r}")
+    if kind not in KINDS:
+        raise DataError(f"data kind must be one of {list(KINDS)}, got {kind!r}")
     if cfg.shards == MISSING or not cfg.shards:
         raise DataError("data.shards is not set: give a shard directory (with manifest.json) or a brace "
                         "pattern, e.g. data.shards=data/shards")

@@ -5,7 +5,7 @@ import importlib
 from aurora.config import ConfigError
 from aurora.tasks.base import Task
 
-_TASKS = {"codec": "aurora.tasks.codec:CodecTask", "lm": "aurora.tasks.lm:LMTask"}
+_TASKS = {"codec": "aurora.tasks.codec:CodecTask", "lm": "aurora.tasks.lm:LMTask", "dpo": "aurora.tasks.dpo:DPOTask"}
 
 
 def get_task(name: str) -> type[Task]:

@@ -175,6 +175,11 @@ class Task(ABC):
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
 
+    def loss_units(self, batch: dict) -> float:
+        """What the micro-batch's mean loss is a mean over, counted (its weight in the step):
+        the valid samples or frames (``lengths``' sum) unless the recipe says otherwise."""
+        return float(batch["lengths"].sum())
+
     def batch_items(self, batch: dict) -> dict[str, float]:
         """Work counted for throughput, e.g. {"samples": B, "frames": N}; an entry
         ``MODEL_FLOPS`` (forward + backward FLOPs of the batch, padding included) gives the
@@ -208,4 +213,9 @@ class Task(ABC):
         return {"eval/loss": loss_sum / units}
 
     def on_train_end(self, run_dir: Path) -> None:
-        """Called on rank 0 after the final checkpoint (e.g. write samples)."""
+        """Called on every rank after the final checkpoint, for this rank's share of the
+        end-of-run outputs (samples). No collectives: a rank whose outputs fail (a non-fatal
+        error) must not leave the others waiting."""
+
+    def after_train_end(self, run_dir: Path) -> None:
+        """Called on rank 0 once every rank's ``on_train_end`` returned (e.g. index the samples)."""

@@ -2,7 +2,7 @@
 
 The codes of each clip are laid out in MusicGen's delay pattern after a byte-level caption
 prefix; the loss is the masked cross-entropy averaged over codebooks. At the end of training
-rank 0 samples a few clips and decodes them with the codec that made the tokens.
+every rank samples its share of a few clips and decodes them with the codec that made the tokens.
 """
 
 import hashlib
@@ -20,6 +20,8 @@ from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.base import MODEL_FLOPS, Task
 
+SAMPLES_DIR = "samples"
+
 
 @dataclass
 class GenerationConfig(SamplingSettings):
@@ -29,6 +31,8 @@ class GenerationConfig(SamplingSettings):
     """Clips written to RUN/samples at the end of training (0 disables sampling)."""
     prompts: list[str] = field(default_factory=list)
     """Captions to sample from; empty: the captions of the first training batch."""
+    batch_size: int = 4
+    """Prompts sampled together; rank r of W samples batches r, r + W, ... of them."""
 
 
 @dataclass
@@ -98,17 +102,28 @@ class LMTask(Task):
                 MODEL_FLOPS: float(samples * audio_lm_train_flops(self.cfg.model, padded_frames))}
 
     def on_train_end(self, run_dir: Path) -> None:
+        """This rank's share of the end-of-training samples, as ``aurora generate`` samples them
+        (each rank loads the final checkpoint whole)."""
         gen = self.cfg.generation
         if gen.num_samples == 0 or self.manifest is None or not self.manifest.get("codec"):
             return
         from aurora.data import build_loader
-        from aurora.generation import LMSampler, write_index, write_samples
+        from aurora.generation import LMSampler, write_rank_records, write_samples
 
         prompts = list(gen.prompts)
-        if not prompts:
-            loader = build_loader(self.cfg.data, "tokens", rank=0, world_size=1, seed=self.cfg.run.seed)
+        if not prompts:  # the same on every rank: the first batch of a 1-reader stream
+            loader = build_loader(self.cfg.data, self.data_kind, rank=0, world_size=1, seed=self.cfg.run.seed)
             prompts = next(iter(loader))["text"]
         prompts = (prompts * gen.num_samples)[: gen.num_samples]
         sampler = LMSampler(run_dir, self.env.device)  # the run's GPU, where it has one
-        out_dir = Path(run_dir) / "samples"
-        write_index(out_dir, write_samples(sampler, prompts, self.cfg.run.seed, gen, out_dir, len(prompts)))
+        out_dir = Path(run_dir) / SAMPLES_DIR
+        records = write_samples(sampler, prompts, self.cfg.run.seed, gen, out_dir, gen.batch_size, self.env.rank,
+                                self.env.world_size)
+        write_rank_records(out_dir, records, self.env.rank, self.env.world_size)
+
+    def after_train_end(self, run_dir: Path) -> None:
+        from aurora.generation import write_index
+
+        out_dir = Path(run_dir) / SAMPLES_DIR
+        if out_dir.is_dir():
+            write_index(out_dir, self.env.world_size)

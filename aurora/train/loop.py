@@ -67,6 +67,7 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 
 PADDED_UNITS = "_padded_units"
+VALID_UNITS = "_valid_units"
 
 # Fields of a part's one all-reduce per step (``all_reduce_named``): its loss, whether any rank's
 # loss was non-finite, whether any rank was asked to stop (main part), the recipe's metrics and
@@ -306,14 +307,15 @@ class Trainer:
             self.skipped_samples.update(batch.pop("skipped", {}))
             items.update(self.task.batch_items(batch))
             items[PADDED_UNITS] += _padded_units(batch)
-            units.append(float(batch["lengths"].sum()))
+            items[VALID_UNITS] += float(batch["lengths"].sum())
+            units.append(self.task.loss_units(batch))
             batches.append(batch)
         data_wait = time.perf_counter() - started
         if cfg.record_sample_keys:
             self._record_keys([k for b in batches for k in b["keys"]])
         # Batches differ in size (dynamic batching, padding): weight each micro-batch's mean loss
-        # by its valid units (samples/frames), so the step's gradient is the mean over every
-        # valid unit of every rank, however the units fell into batches.
+        # by its valid units (samples, frames, pairs: ``Task.loss_units``), so the step's gradient
+        # is the mean over every valid unit of every rank, however the units fell into batches.
         total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
         batches = [batch_to_device(batch, self.env.device) for batch in batches]
         carries = [{} for _ in batches]
@@ -340,7 +342,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         world = self.env.world_size
         out.update({"step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps})
-        out["data/padding_fraction"] = 1.0 - total_units / totals.pop(PADDED_UNITS)
+        out["data/padding_fraction"] = 1.0 - totals.pop(VALID_UNITS) / totals.pop(PADDED_UNITS)
         if MODEL_FLOPS in totals:
             flops_per_device = totals.pop(MODEL_FLOPS) / elapsed / world
             out["perf/tflops_per_device"] = flops_per_device / 1e12
@@ -487,10 +489,13 @@ class Trainer:
             finally:
                 logger.close()
         barrier()
+        with self.nonfatal("samples"):
+            faults.maybe_raise("samples", self.step)
+            self.task.on_train_end(self.run_dir)
+        barrier()
         if self.env.is_main:
             with self.nonfatal("samples"):
-                faults.maybe_raise("samples", self.step)
-                self.task.on_train_end(self.run_dir)
+                self.task.after_train_end(self.run_dir)
             print(f"run directory: {self.run_dir}\n"
                   f"  checkpoints: {self.checkpointer.dir} (latest: {self.checkpointer.latest()})\n"
                   f"  metrics:     {self.run_dir / 'metrics.jsonl'}", flush=True)

@@ -12,15 +12,6 @@ from tests.helpers.steps import engine_overrides
 CAPTIONS = ["a low tone", "a high tone", "noise"]
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory, tokens, pool1):
-    """The small LM trained 2 steps on real codec tokens (4 codebooks x 64; their manifest names the codec)."""
-    run = tmp_path_factory.mktemp("lm") / "run"
-    args = lm_train_args(run, tokens, 2, "trainer.checkpoint_every=2", "model.codebook_size=64")
-    assert pool1.run(cli, *args)[0].value == 0
-    return run
-
-
 def _generate(pool, run, out, *extra: str) -> int:
     args = ["generate", str(run), *[a for c in CAPTIONS for a in ("--caption", c)], "--num-samples", "2",
             "--out", str(out), "--max-seconds", "0.3", "--batch-size", "2", "--seed", "11", *extra]

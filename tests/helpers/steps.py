@@ -10,6 +10,8 @@ such as a GAN's discriminator, named ``<part>.<parameter>``), with every collect
 issued during the steps (``aurora.perf.comm_log``), tagged by step; None on other ranks.
 """
 
+import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from aurora.config import load_config, peek_task
+from aurora.data import build_loader
 from aurora.distributed import barrier, init_distributed, shutdown
 from aurora.perf.comm_log import CollectiveLog
 from aurora.tasks import get_task
@@ -50,6 +53,9 @@ def engine_overrides(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def global_batches(kind: str, cfg, step: int) -> dict:
+    if kind == "pairs":  # real pairs (their reference log-probs are the shards'): batch ``step`` of the stream
+        data = dataclasses.replace(cfg.data, batch_size=GLOBAL_BATCH, num_workers=0)
+        return next(itertools.islice(iter(build_loader(data, kind, 0, 1, cfg.run.seed)), step, None))
     g = torch.Generator().manual_seed(1000 + step)
     texts = [f"example {i} of step {step}" for i in range(GLOBAL_BATCH)]
     keys = [f"k{step}_{i}" for i in range(GLOBAL_BATCH)]
@@ -70,7 +76,23 @@ def local_micro_batches(batch: dict, rank: int, world: int, accum: int) -> list[
     out = []
     for m in range(accum):
         lo = rank * per_rank + m * micro
-        out.append({k: v[lo: lo + micro] for k, v in batch.items()})
+        out.append(_examples(batch, lo, lo + micro))
+    return out
+
+
+def _examples(batch: dict, lo: int, hi: int) -> dict:
+    """Examples [lo, hi) of a batch; of a pair batch (its B chosen sequences, then its B
+    rejected ones), pairs [lo, hi) with both their sides."""
+    examples = len(batch["keys"])
+    out = {}
+    for name, value in batch.items():
+        if name == "skipped":
+            continue
+        if len(value) == 2 * examples:
+            value = torch.cat([value[lo:hi], value[examples + lo: examples + hi]])
+        else:
+            value = value[lo:hi]
+        out[name] = value
     return out
 
 

@@ -197,7 +197,9 @@ class CodecTask(Task):
         return metrics
 
     def on_train_end(self, run_dir: Path) -> None:
-        """Reconstruct a few training clips into RUN/samples for listening."""
+        """Reconstruct a few training clips into RUN/samples for listening (rank 0)."""
+        if not self.env.is_main:
+            return
         from aurora.data import build_loader
 
         codec = load_codec(run_dir).codec.to(self.env.device)
