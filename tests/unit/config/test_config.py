@@ -120,3 +120,24 @@ def test_a_moved_key_names_its_new_place(tmp_path, old, new):
     yaml.write_text(f"task: lm\n{section}:\n  {key}: 3\n")
     with pytest.raises(ConfigError, match=f"'{old}' in {yaml} is now '{new}': move it there"):
         load_config(LMTrainConfig, yaml, ["run.dir=x"])
+
+
+def test_every_shipped_config_loads_and_dpo_configs_have_their_lm_shapes():
+    """Each YAML under configs/ validates against its recipe's schema; a DPO config's model is
+    the shape of the LM config it post-trains (the recipe refuses another shape at start)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from aurora.config import peek_task
+    from aurora.tasks import get_task
+
+    loaded = {}
+    for path in sorted(Path("configs").glob("*/*.yaml")):
+        loaded[path] = load_config(get_task(peek_task(path)).config_class, path, ["run.dir=x", "data.shards=x"])
+    assert len(loaded) >= 12
+    for path, cfg in loaded.items():
+        if cfg.task != "dpo":
+            continue
+        lm = asdict(loaded[Path("configs/lm") / path.name].model)
+        dpo = asdict(cfg.model)
+        assert {k: dpo[k] for k in lm if k != "caption_dropout"} == {k: v for k, v in lm.items() if k != "caption_dropout"}, path
