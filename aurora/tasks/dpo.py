@@ -52,6 +52,25 @@ def lm_id(config: AudioLMConfig, model: nn.Module) -> str:
     return f"lm:{digest.hexdigest()[:24]}"
 
 
+def pair_preference(policy: nn.Module, reference: nn.Module | None, text_tokens: torch.Tensor, codes: torch.Tensor,
+                    lengths: torch.Tensor, ref_logps: torch.Tensor | None, cfg: "DPOConfig"):
+    """The preference loss of B pairs (text_tokens [B, L]; codes [2B, n_q, T] and lengths [2B]:
+    the chosen sides, then the rejected): both sides through ``policy`` in one forward; the
+    reference's log-probs [2B] from ``reference`` (without gradients) or given (``ref_logps``).
+    Returns (PreferenceLoss, chosen, rejected SequenceLogps)."""
+    pairs = text_tokens.shape[0]
+    text = text_tokens.repeat(2, 1)
+    logps = completion_logps(policy, text, codes, lengths)
+    if reference is not None:
+        with torch.no_grad():
+            ref_logps = completion_logps(reference, text, codes, lengths).logps
+    chosen = SequenceLogps(logps.logps[:pairs], logps.tokens[:pairs])
+    rejected = SequenceLogps(logps.logps[pairs:], logps.tokens[pairs:])
+    result = preference_loss(chosen, rejected, ref_logps[:pairs], ref_logps[pairs:], cfg.beta, cfg.loss,
+                             cfg.label_smoothing, cfg.rpo_alpha)
+    return result, chosen, rejected
+
+
 class DPOReference(str, Enum):
     precomputed = "precomputed"
     live = "live"
@@ -178,22 +197,9 @@ class DPOTask(LMTask):
         return result.loss.mean(), preference_metrics(result, chosen, rejected)
 
     def _preference(self, policy: nn.Module, reference: nn.Module | None, batch: dict):
-        """The preference loss of a pair batch: chosen and rejected through ``policy`` in one
-        forward; the reference's log-probs from ``reference`` (no gradients) or from the batch."""
-        pairs = len(batch["keys"])
-        text = self._text(batch, training=False).repeat(2, 1)
-        logps = completion_logps(policy, text, batch["codes"], batch["lengths"])
-        if reference is None:
-            ref = batch["ref_logps"]
-        else:
-            with torch.no_grad():
-                ref = completion_logps(reference, text, batch["codes"], batch["lengths"]).logps
-        chosen = SequenceLogps(logps.logps[:pairs], logps.tokens[:pairs])
-        rejected = SequenceLogps(logps.logps[pairs:], logps.tokens[pairs:])
-        d = self.cfg.dpo
-        result = preference_loss(chosen, rejected, ref[:pairs], ref[pairs:], d.beta, d.loss, d.label_smoothing,
-                                 d.rpo_alpha)
-        return result, chosen, rejected
+        text = self._text(batch, training=False)
+        return pair_preference(policy, reference, text, batch["codes"], batch["lengths"], batch.get("ref_logps"),
+                               self.cfg.dpo)
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         sequences, padded_frames = len(batch["lengths"]), batch["codes"].shape[-1]

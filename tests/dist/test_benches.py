@@ -61,3 +61,11 @@ def test_tokenize_bench_prints_single_and_batched(pool1):
     rows = table(out, ("single", "masked@2s"))
     assert list(rows) == ["single", "masked@2s"], out
     assert "ratio batched/single" in out
+
+
+def test_dpo_step_cost_bench_prints_every_step_kind(pool1):
+    out = bench(pool1, "tools.bench.dpo_step_cost", "--pairs", "2", "--frames", "8", "--repeats", "1",
+                "model.backbone.num_hidden_layers=1")
+    rows = table(out, ("sft", "dpo", "dpo-live"))
+    assert list(rows) == ["sft", "dpo", "dpo-live"], out
+    assert rows["sft"][1] == "1.000" and all(float(ms) > 0 for ms, _ in rows.values())
