@@ -55,10 +55,12 @@ def test_the_live_reference_gives_the_precomputed_loss_and_gradients(tmp_path, p
 @pytest.mark.parametrize("engine, reference", [("ddp", "precomputed"), ("fsdp", "precomputed"),
                                                ("zero2", "precomputed"), ("fsdp", "live"), ("zero3", "live")])
 def test_two_ranks_give_what_one_process_gives(tmp_path, pairs, lm_run, single, pool2, engine, reference):
-    """Each rank takes half of the 8 pairs, with both their sides (``local_micro_batches``). A live
+    """Each rank takes half of the 8 pairs, with both their sides (``local_micro_batches``), in 2
+    accumulated micro-batches (each weighted by its pairs: ``DPOTask.loss_units``). A live
     reference is sharded like the policy (FSDP2's shards, ZeRO-3's partitions: frozen parts are
     checked sharded in tests/dist/test_frozen_parts.py) and still gives the shards' log-probs."""
     overrides = dpo_overrides(tmp_path / engine, pairs, lm_run, *SGD, f"dpo.reference={reference}",
+                              "trainer.grad_accum_steps=2",
                               *engine_overrides(tmp_path)[engine])
     assert_same_steps(single, pool2.run(fixed_batch_steps, CONFIG, overrides)[0].value)
 
