@@ -29,7 +29,7 @@ def test_demo_quick(tmp_path):
         assert metrics[-1]["step"] == 8  # quick mode's steps (tools/demo.sh)
         assert (out / run / "checkpoints" / "latest").read_text().strip() == "step_00000008"
     samples = [json.loads(line) for line in (out / "lm" / "samples" / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 4
+    assert [s["index"] for s in samples] == [0, 1, 2, 3]  # in batches of 2: rank 0 samples 0-1, rank 1 2-3
     for sample in samples:
         info = sf.info(out / "lm" / "samples" / sample["file"])
         assert info.samplerate == 16000 and abs(info.duration - 2.0) < 0.05
