@@ -104,8 +104,8 @@ def load_lm_config(run_dir: Path):
     task = peek_task(config)
     schema = get_task(task).config_class
     if not issubclass(schema, LMTrainConfig):
-        raise ConfigError(f"{run_dir} is a '{task}' run: aurora generate samples from an audio LM run (task: lm "
-                          "or dpo); a codec decodes tokens, it takes no caption")
+        raise ConfigError(f"{run_dir} is a '{task}' run, not an audio LM run (task: lm or dpo): captions are "
+                          "sampled from an LM; a codec decodes tokens, it takes no caption")
     return load_config(schema, config)
 
 

@@ -57,36 +57,29 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch import nn
 
-from aurora.config import ConfigError
 from aurora.config.schema import Backend, DistConfig
 from aurora.data.audio import AudioExamples
 from aurora.data.config import DataError
 from aurora.data.manifest import resolve_shards, write_manifest
+from aurora.data.pairs import npy_bytes
 from aurora.data.skips import BadSample, SkipCounter
 from aurora.data.tars import read_shard
-from aurora.distributed import barrier, init_distributed, read_launch_env, shutdown
+from aurora.distributed import barrier, init_distributed, shutdown
 from data_prep.batch_encode import (BATCHING, DEFAULT_BATCH_SECONDS, DEFAULT_BUCKET_WIDTH, DEFAULT_BUCKET_WINDOW,
                                     BatchEncoder, BatchStats, masking_problem, ordered_prefetch)
+from data_prep.shard_job import (FINAL_WAIT_S, RECORD_VERSION, JobError, fault_kill_shard, finished_record,
+                                 pick_device, record_path, run_job, write_record)
 from data_prep.shard_writer import TAR_MTIME
 
 CODEC_DIR = "codec"
-DONE_SUFFIX = ".done.json"
-RECORD_VERSION = 1
 FAULT_KILL_ENV = "AURORA_FAULT_TOKENIZE_KILL"
-FINAL_WAIT_S = 7 * 24 * 3600
-"""Collective timeout: a rank that finishes its shards waits this long for the others."""
 PROG = "data_prep.tokenize"
-
-
-class TokenizeError(Exception):
-    """Bad input or a bad output directory; the message says what is wrong and what to do."""
 
 
 # -- the codec ------------------------------------------------------------------------------------
@@ -98,7 +91,7 @@ def load_codec(path: str | Path) -> tuple[nn.Module, str]:
     try:
         loaded = load(path)
     except CodecLoadError as e:
-        raise TokenizeError(f"--codec {e}") from None
+        raise JobError(f"--codec {e}") from None
     return loaded.codec, loaded.source
 
 
@@ -113,12 +106,6 @@ def codec_id(codec: nn.Module) -> str:
 
 
 # -- reading and writing shards -------------------------------------------------------------------
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 @dataclass
 class Settings:
     batching: str
@@ -128,13 +115,6 @@ class Settings:
     precision: str
     resample: bool
     decode_threads: int
-
-
-def _fault_kill_shard() -> int | None:
-    value = os.environ.get(FAULT_KILL_ENV, "")
-    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return None
-    return int(value)
 
 
 def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, examples: AudioExamples,
@@ -153,7 +133,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
                 except Exception:  # noqa: BLE001 - a bad member: decode() below names the problem
                     rate = cfg.sample_rate
                 if rate != cfg.sample_rate:
-                    raise TokenizeError(
+                    raise JobError(
                         f"{url}: sample {sample['__key__']} is {rate} Hz but the codec expects {cfg.sample_rate} Hz: "
                         f"pass --resample to resample clips to {cfg.sample_rate} Hz as they are read, or make the "
                         f"shards at that rate (python -m data_prep.make_shards --sample-rate {cfg.sample_rate})")
@@ -162,7 +142,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
         except BadSample as bad:
             return None, None, bad
 
-    kill_at = _fault_kill_shard()
+    kill_at = fault_kill_shard(FAULT_KILL_ENV)
     samples, frames_total, audio_samples = 0, 0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "wb") as file:
@@ -176,7 +156,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
             codes = encoder.encode([example["audio"] for example, _ in window])
             for (example, meta), c in zip(window, codes):
                 meta.update(frames=c.shape[-1], frame_rate=cfg.frame_rate)
-                sink.write({"__key__": example["key"], "codes.npy": _npy_bytes(c.numpy()),
+                sink.write({"__key__": example["key"], "codes.npy": npy_bytes(c.numpy()),
                             "json": json.dumps(meta).encode()})
                 samples += 1
                 frames_total += c.shape[-1]
@@ -205,41 +185,6 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
             "audio_seconds": audio_samples / cfg.sample_rate, "skipped": dict(sorted(counter.take().items())),
             "tar_bytes": out_path.stat().st_size, "source": url, "source_bytes": os.path.getsize(url),
             "wall_s": time.perf_counter() - started}
-
-
-def record_path(out: Path, name: str) -> Path:
-    return out / (name + DONE_SUFFIX)
-
-
-def write_record(out: Path, record: dict) -> None:
-    path = record_path(out, record["name"])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def finished_record(out: Path, url: str, expect: dict) -> dict | None:
-    """The record of the token shard for ``url`` when it is finished and still matches the tar
-    on disk and the source; raises when it was made with other settings (``expect``)."""
-    name = os.path.basename(url)
-    path = record_path(out, name)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION or record.get("name") != name:
-        return None
-    for key, value in expect.items():
-        if record.get(key) != value:
-            raise TokenizeError(
-                f"{path} was made with {key}={record.get(key)!r}, this run has {key}={value!r}: the token set "
-                f"would mix the two. Rerun with the settings of the first run, or give a new --out (or delete {out})")
-    tar = out / name
-    if not tar.is_file() or tar.stat().st_size != record.get("tar_bytes"):
-        return None
-    if os.path.getsize(url) != record.get("source_bytes"):
-        return None
-    return record
 
 
 def _rates(audio_seconds: float, tokens: int, wall_s: float) -> dict:
@@ -285,22 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(arg: str | None, default: torch.device) -> torch.device:
-    if arg is None:
-        return default
-    if arg == "cuda":
-        arg = f"cuda:{read_launch_env()['local_rank'] % max(torch.cuda.device_count(), 1)}"
-    try:
-        device = torch.device(arg)
-    except RuntimeError:
-        raise TokenizeError(f"--device {arg!r} is not a device: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TokenizeError(f"--device {arg}: this machine has no CUDA device; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise TokenizeError(f"--device {arg}: only cpu and cuda are supported")
-    return device
-
-
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.batch_seconds is not None and not args.batch_seconds > 0:
         parser.error(f"--batch-seconds must be > 0, got {args.batch_seconds}")
@@ -318,12 +247,12 @@ def _check_shards(spec: str, manifest: dict | None, sample_rate: int, resample: 
     if manifest is None:
         return
     if manifest["kind"] != "audio":
-        raise TokenizeError(f"--shards {spec} is a {manifest['kind']} shard set, not audio: give the audio shards "
+        raise JobError(f"--shards {spec} is a {manifest['kind']} shard set, not audio: give the audio shards "
                             f"made by data_prep.make_shards")
     rate = manifest["sample_rate"]
     if rate != sample_rate and not resample:
         held = f"{rate} Hz audio" if rate is not None else "audio at several sample rates"
-        raise TokenizeError(
+        raise JobError(
             f"--shards {spec} holds {held} but the codec expects {sample_rate} Hz: pass --resample to resample "
             f"clips to {sample_rate} Hz as they are read, or make the shards at that rate "
             f"(python -m data_prep.make_shards --sample-rate {sample_rate})")
@@ -334,7 +263,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         urls, manifest = resolve_shards(args.shards)
     except (DataError, FileNotFoundError) as exn:
-        raise TokenizeError(f"--shards: {exn}") from None
+        raise JobError(f"--shards: {exn}") from None
     codec, source = load_codec(args.codec)
     cfg = codec.cfg
     _check_shards(args.shards, manifest, cfg.sample_rate, args.resample)
@@ -342,14 +271,14 @@ def run(args: argparse.Namespace) -> None:
 
     env = init_distributed(DistConfig(backend=Backend.gloo, timeout_s=FINAL_WAIT_S))
     try:
-        device = _device(args.device, env.device)
+        device = pick_device(args.device, env.device)
         precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
         batch_seconds = args.batch_seconds or DEFAULT_BATCH_SECONDS[device.type]
         codec = codec.to(device).requires_grad_(False)
         batching = args.batching
         problem = masking_problem(codec, device) if batching in ("auto", "masked") else None
         if problem and batching == "masked":
-            raise TokenizeError(f"--batching masked does not give this codec exact per-clip codes ({problem}): "
+            raise JobError(f"--batching masked does not give this codec exact per-clip codes ({problem}): "
                                 f"use --batching equal-length (or auto)")
         if batching == "auto":
             batching = "equal-length" if problem else "masked"
@@ -363,7 +292,7 @@ def run(args: argparse.Namespace) -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         expect = {"codec_id": ident, "precision": precision, "n_q": cfg.n_q}
-        done = {i: r for i, url in enumerate(urls) if (r := finished_record(out, url, expect)) is not None}
+        done = {i: r for i, url in enumerate(urls) if (r := finished_record(out, url, expect, "token set")) is not None}
         todo = [i for i in range(len(urls)) if i not in done]
         barrier()  # everyone has seen which shards were done before anyone writes a record
 
@@ -402,9 +331,9 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
     cfg = codec.cfg
     records = []
     for url in urls:
-        record = finished_record(out, url, expect)
+        record = finished_record(out, url, expect, "token set")
         if record is None:
-            raise TokenizeError(f"{record_path(out, os.path.basename(url))} is missing or does not match its tar "
+            raise JobError(f"{record_path(out, os.path.basename(url))} is missing or does not match its tar "
                                 f"after every rank finished: run the same command again to redo that shard")
         records.append(record)
     skipped: Counter = Counter()
@@ -448,15 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    try:
-        run(args)
-    except (TokenizeError, ConfigError) as exn:
-        # Bad input: one line, no traceback. Every rank says it (a rank may be the only one that
-        # cannot see a file, e.g. on a node-local disk), tagged with its rank under a launcher.
-        launch = read_launch_env()
-        where = f"[rank {launch['rank']}] " if launch["world_size"] > 1 else ""
-        print(f"{PROG}: error: {where}{exn}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    run_job(PROG, lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_generate_refuses_a_codec_run_and_a_caption_too_long(tmp_path, lm_run, c
     codec_run.mkdir()
     (codec_run / "config.yaml").write_text("task: codec\n")
     assert cli("generate", str(codec_run), "--caption", "x", "--out", str(tmp_path / "o")) == 2
-    assert "is a 'codec' run: aurora generate samples from an audio LM run" in capfd.readouterr().err
+    assert "is a 'codec' run, not an audio LM run (task: lm or dpo)" in capfd.readouterr().err
     assert cli("generate", str(lm_run), "--caption", "y" * 100, "--out", str(tmp_path / "o")) == 2
     assert "is 100 bytes; this LM reads at most 62 (model.max_text_len=64): shorten it" in capfd.readouterr().err
     assert cli("generate", str(lm_run), "--out", str(tmp_path / "o")) == 2
