@@ -101,7 +101,7 @@ def pair_shard(index: int, url: str, out_path: Path, sampler: LMSampler, args: a
     frames = max(1, round(settings.seconds * sampler.frame_rate))
     rate = sampler.codec.cfg.sample_rate
     kill_at = fault_kill_shard(FAULT_KILL_ENV)
-    written, seconds = 0, 0.0
+    written, seconds, text_bytes = 0, 0.0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "wb") as file:
         sink = wds.TarWriter(file, mtime=TAR_MTIME)
@@ -122,6 +122,7 @@ def pair_shard(index: int, url: str, out_path: Path, sampler: LMSampler, args: a
                 sink.write({"__key__": key, member(CHOSEN): npy_bytes(chosen), member(REJECTED): npy_bytes(rejected),
                             "json": json.dumps({**info, "seeds": seeds[i * candidates: (i + 1) * candidates]}).encode()})
                 written += 1
+                text_bytes = max(text_bytes, len(info["text"].encode("utf-8")))
                 seconds += max(chosen.shape[1], rejected.shape[1]) / sampler.frame_rate
             if index == kill_at:  # test hook: die with a half-written NAME.tmp
                 file.flush()
@@ -132,7 +133,7 @@ def pair_shard(index: int, url: str, out_path: Path, sampler: LMSampler, args: a
         os.fsync(file.fileno())
     os.replace(tmp, out_path)
     return {"version": RECORD_VERSION, "name": out_path.name, "samples": written, "seconds": seconds,
-            "prompts": len(prompts), "skipped": dict(sorted(counter.take().items())),
+            "prompts": len(prompts), "text_bytes_max": text_bytes, "skipped": dict(sorted(counter.take().items())),
             "tar_bytes": out_path.stat().st_size, "source": url, "source_bytes": os.path.getsize(url),
             "wall_s": time.perf_counter() - started}
 
@@ -267,7 +268,8 @@ def _finish(out: Path, urls: list[str], expect: dict, manifest: dict, sampler: L
     write_manifest(out, "pairs", shards, manifest["sample_rate"], n_q=manifest["n_q"],
                    codebook_size=manifest["codebook_size"], frame_rate=manifest["frame_rate"],
                    hop_length=manifest.get("hop_length"), codec=CODEC_DIR, codec_id=manifest.get("codec_id"),
-                   policy=policy, **job, source=str(args.prompts), skipped=dict(sorted(skipped.items())))
+                   policy=policy, **job, source=str(args.prompts), skipped=dict(sorted(skipped.items())),
+                   text_bytes_max=max(r["text_bytes_max"] for r in records))
     pairs, prompts = sum(s["samples"] for s in shards), sum(r["prompts"] for r in records)
     print(f"{PROG}: {pairs} {args.mode} pairs from {prompts} prompts in {len(shards)} shards in {out} "
           f"({done_before} shards done before); skipped: {dict(skipped) or 'none'}")

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     rates = totals.sample_rates
     write_manifest(args.out, "audio", totals.shards, next(iter(rates)) if len(rates) == 1 else None,
                    clips=clips, skipped=sum(skipped.values()), skipped_by_reason=skipped, layout=corpus.layout,
-                   corpus=corpus.name, channels=args.channels)
+                   corpus=corpus.name, channels=args.channels, text_bytes_max=totals.text_bytes_max)
     writer.forget()
     hours = sum(shard["seconds"] for shard in totals.shards) / 3600
     print(f"wrote {clips} clips ({hours:.3f} hours) in {len(totals.shards)} shards to {args.out}"

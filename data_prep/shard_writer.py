@@ -56,6 +56,9 @@ class Totals:
     """Manifest entries ``{"name", "samples", "seconds"}`` of the finished shards."""
     sample_rates: set[int] = field(default_factory=set)
     skipped_by_reason: Counter = field(default_factory=Counter)
+    text_bytes_max: int = 0
+    """The longest caption of the finished shards, in UTF-8 bytes (a trainer checks it against
+    its model's text length before training)."""
 
 
 def sample_bytes(sample: dict) -> int:
@@ -91,6 +94,7 @@ class ShardWriter:
         self._file = None
         self._current: dict | None = None
         self._current_rates: set[int] = set()
+        self._current_text = 0
         self._resumed = self._prepare()
         self._skipped = open(self.out / SKIPPED_NAME, "a", encoding="utf-8")
         if not self._resumed:
@@ -139,7 +143,7 @@ class ShardWriter:
                 leftover.unlink()
         with open(skipped_path, "r+b") as f:
             f.truncate(skipped_bytes)
-        self.totals = Totals(shards, set(rates), Counter(by_reason))
+        self.totals = Totals(shards, set(rates), Counter(by_reason), progress.get("text_bytes_max", 0))
         self.position = Position(position["entry"], position["sample"])
         return True
 
@@ -172,6 +176,7 @@ class ShardWriter:
         self._current["samples"] += 1
         self._current["seconds"] += meta["duration"]
         self._current_rates.add(meta["sample_rate"])
+        self._current_text = max(self._current_text, len(meta.get("text", "").encode("utf-8")))
 
     def skip(self, records: list[dict]) -> None:
         """Append skip records to skipped.jsonl and count them by reason."""
@@ -208,6 +213,7 @@ class ShardWriter:
         self._tar = wds.TarWriter(self._file, mtime=TAR_MTIME)
         self._current = {"name": name, "samples": 0, "seconds": 0.0}
         self._current_rates = set()
+        self._current_text = 0
 
     def _close_shard(self, next_position: Position) -> None:
         self._tar.close()
@@ -219,6 +225,7 @@ class ShardWriter:
         os.replace(self.out / (name + ".tmp"), self.out / name)
         self.totals.shards.append({**self._current, "seconds": round(self._current["seconds"], 3)})
         self.totals.sample_rates |= self._current_rates
+        self.totals.text_bytes_max = max(self.totals.text_bytes_max, self._current_text)
         self._current = None
         self.position = next_position
         self._checkpoint()
@@ -233,6 +240,7 @@ class ShardWriter:
             "skipped": {"bytes": (self.out / SKIPPED_NAME).stat().st_size,
                         "by_reason": dict(sorted(self.totals.skipped_by_reason.items()))},
             "sample_rates": sorted(self.totals.sample_rates),
+            "text_bytes_max": self.totals.text_bytes_max,
         }
         path = self.out / PROGRESS_NAME
         tmp = path.with_name(path.name + ".tmp")

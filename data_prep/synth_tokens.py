@@ -9,6 +9,7 @@ learn anything from them, and there is no codec to decode samples with).
 import argparse
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from aurora.data.manifest import write_manifest
 
 def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: int = 4,
                        codebook_size: int = 256, frames: int = 40, frame_rate: float = 50.0,
-                       seed: int = 0, min_frames: int | None = None) -> Path:
+                       seed: int = 0, min_frames: int | None = None,
+                       caption: Callable[[int], str] | None = None) -> Path:
     """``num_clips`` clips of ``frames`` frames each, or with ``min_frames``, of a length drawn
-    uniformly from ``[min_frames, frames]`` per clip (for dynamic batching)."""
+    uniformly from ``[min_frames, frames]`` per clip (for dynamic batching); clip ``i``'s
+    caption is ``caption(i)`` (by default a short one naming it)."""
+    caption = caption or _caption
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards = []
+    shards, text_bytes = [], 0
     for first in range(0, num_clips, per_shard):
         name = f"shard-{first // per_shard:06d}.tar"
         count = min(per_shard, num_clips - first)
@@ -36,14 +40,18 @@ def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: 
                 total_frames += length
                 buffer = io.BytesIO()
                 np.save(buffer, rng.integers(0, codebook_size, size=(n_q, length)).astype(np.int16))
-                meta = {"text": f"clip number {i} with a {['low', 'high'][i % 2]} tone", "frames": length,
-                        "frame_rate": frame_rate}
+                meta = {"text": caption(i), "frames": length, "frame_rate": frame_rate}
+                text_bytes = max(text_bytes, len(meta["text"].encode("utf-8")))
                 sink.write({"__key__": f"clip{i:05d}", "codes.npy": buffer.getvalue(),
                             "json": json.dumps(meta).encode()})
         shards.append({"name": name, "samples": count, "seconds": total_frames / frame_rate})
     write_manifest(out, "tokens", shards, None, n_q=n_q, codebook_size=codebook_size,
-                   frame_rate=frame_rate, codec=None)
+                   frame_rate=frame_rate, codec=None, text_bytes_max=text_bytes)
     return out
+
+
+def _caption(i: int) -> str:
+    return f"clip number {i} with a {['low', 'high'][i % 2]} tone"
 
 
 def main(argv: list[str] | None = None) -> None:

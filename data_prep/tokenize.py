@@ -143,14 +143,14 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
             return None, None, bad
 
     kill_at = fault_kill_shard(FAULT_KILL_ENV)
-    samples, frames_total, audio_samples = 0, 0, 0
+    samples, frames_total, audio_samples, text_bytes = 0, 0, 0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "wb") as file:
         sink = wds.TarWriter(file, mtime=TAR_MTIME)
         window: list[tuple[dict, dict]] = []
 
         def flush() -> None:
-            nonlocal samples, frames_total, audio_samples
+            nonlocal samples, frames_total, audio_samples, text_bytes
             if not window:
                 return
             codes = encoder.encode([example["audio"] for example, _ in window])
@@ -161,6 +161,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
                 samples += 1
                 frames_total += c.shape[-1]
                 audio_samples += len(example["audio"])
+                text_bytes = max(text_bytes, len(meta.get("text", "").encode("utf-8")))
             window.clear()
             if index == kill_at:  # test hook: die with a half-written NAME.tmp
                 file.flush()
@@ -182,9 +183,15 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
     os.replace(tmp, out_path)
     return {"version": RECORD_VERSION, "name": out_path.name, "samples": samples,
             "seconds": frames_total / cfg.frame_rate, "frames": frames_total,
-            "audio_seconds": audio_samples / cfg.sample_rate, "skipped": dict(sorted(counter.take().items())),
+            "audio_seconds": audio_samples / cfg.sample_rate, "text_bytes_max": text_bytes, "skipped": dict(sorted(counter.take().items())),
             "tar_bytes": out_path.stat().st_size, "source": url, "source_bytes": os.path.getsize(url),
             "wall_s": time.perf_counter() - started}
+
+
+def _longest_text(records: list[dict]) -> int | None:
+    """The longest caption of the token set (None when a shard's record predates the count)."""
+    longest = [r.get("text_bytes_max") for r in records]
+    return None if None in longest else max(longest)
 
 
 def _rates(audio_seconds: float, tokens: int, wall_s: float) -> dict:
@@ -355,6 +362,7 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
     shards = [{"name": r["name"], "samples": r["samples"], "seconds": r["seconds"]} for r in records]
     write_manifest(out, "tokens", shards, cfg.sample_rate, n_q=cfg.n_q, codebook_size=cfg.codebook_size,
                    frame_rate=cfg.frame_rate, hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,
+                   text_bytes_max=_longest_text(records),
                    codec_source=source, source=str(args.shards), skipped=dict(sorted(skipped.items())),
                    settings={"batching": settings.batching, "batch_seconds": settings.batch_seconds,
                              "bucket_window": settings.bucket_window, "bucket_width": settings.bucket_width,

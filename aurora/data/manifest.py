@@ -7,7 +7,9 @@ Every shard set (audio or tokens) carries a manifest next to its tars::
      "num_samples": 200, "hours": 0.11, "created_by": "...", ...extra}
 
 Token manifests add ``n_q``, ``codebook_size``, ``frame_rate`` and ``codec`` as extra keys; pair
-manifests (aurora.data.pairs) add the same, and ``policy`` and ``reference``.
+manifests (aurora.data.pairs) add the same, and ``policy`` and ``reference``. The shard writers
+record ``text_bytes_max``, the longest caption in UTF-8 bytes, which an LM recipe checks against
+its model's text length before training.
 """
 
 from __future__ import annotations

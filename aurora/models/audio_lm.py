@@ -16,6 +16,7 @@ PAD is attended to like any other token, and being the same token everywhere, is
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +40,32 @@ TEXT_VOCAB_SIZE = 259
 
 
 def encode_text(texts: list[str], max_len: int) -> torch.Tensor:
-    """LongTensor [B, max_len] of `PAD.. BOS utf-8 bytes SEP`, bytes cut to max_len - 2."""
+    """LongTensor [B, max_len] of `PAD.. BOS utf-8 bytes SEP`, bytes cut to max_len - 2 on a
+    character boundary (callers refuse or count what is cut: ``text_overflow``)."""
     if max_len < 2:
         raise ValueError(f"max_len={max_len} leaves no room for BOS and SEP")
     tokens = torch.full((len(texts), max_len), PAD_ID, dtype=torch.long)
     for i, text in enumerate(texts):
-        ids = [BOS_ID, *text.encode("utf-8")[: max_len - 2], SEP_ID]
+        ids = [BOS_ID, *truncate_utf8(text, max_len - 2), SEP_ID]
         tokens[i, max_len - len(ids) :] = torch.tensor(ids)
     return tokens
+
+
+def truncate_utf8(text: str, limit: int) -> bytes:
+    """The UTF-8 bytes of ``text``, cut to at most ``limit`` without splitting a character."""
+    data = text.encode("utf-8")
+    return data if len(data) <= limit else data[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def text_overflow(texts: list[str], max_text_len: int) -> list[int]:
+    """Indices of the texts longer than an LM with ``max_text_len`` text tokens reads (BOS and
+    SEP take two of them)."""
+    return [i for i, text in enumerate(texts) if len(text.encode("utf-8")) > max_text_len - 2]
+
+
+class LongText(str, Enum):
+    refuse = "refuse"
+    truncate = "truncate"
 
 
 @dataclass
@@ -57,9 +76,15 @@ class AudioLMConfig:
     """Number of codebooks (residual quantizer levels) modelled in parallel."""
     codebook_size: int = 1024
     """Codes per codebook; the code `codebook_size` itself is the delay pattern's special token."""
-    max_text_len: int = 64
-    """Text tokens per caption (BOS + bytes + SEP); longer captions are truncated in training
-    and refused by ``aurora generate``."""
+    max_text_len: int = 256
+    """Text tokens per caption or transcript (BOS + UTF-8 bytes + SEP): 254 bytes hold about
+    15 s of read English speech. ``aurora generate`` refuses longer text; training does what
+    ``long_text`` says."""
+    long_text: LongText = LongText.refuse
+    """Training on text longer than ``max_text_len`` allows: ``refuse`` stops before the first
+    step when the shard manifest's ``text_bytes_max`` (written by the shard writers) is over
+    the limit, or at the first batch holding such text; ``truncate`` cuts it on a character
+    boundary and counts it (``data/truncated_text``)."""
     caption_dropout: float = 0.1
     """Training only: the probability that an example's caption is replaced by the empty one,
     which teaches the unconditional model that classifier-free guidance samples against."""

@@ -168,6 +168,11 @@ class Task(ABC):
         collectives: every rank calls it). Returns metrics."""
         return {}
 
+    def counters(self) -> dict[str, float]:
+        """This rank's running counts since the run began (kept in ``state_dict`` across
+        resumes), logged summed over ranks under their names, e.g. ``data/truncated_text``."""
+        return {}
+
     def state_dict(self) -> dict:
         """This rank's recipe state that a checkpoint must carry (beyond the model)."""
         return {}

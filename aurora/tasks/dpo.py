@@ -46,7 +46,7 @@ def model_config(model: nn.Module) -> AudioLMConfig:
 
 def lm_id(config: AudioLMConfig, model: nn.Module) -> str:
     """The id of an LM as a reference: a hash of its shape (every AudioLMConfig field but the
-    training-only caption dropout) and of its weights (``aurora.runs.weights_id``)."""
+    training-only ones) and of its weights (``aurora.runs.weights_id``)."""
     digest = hashlib.sha256(repr(sorted(_shape(config).items())).encode())
     digest.update(weights_id(model).encode())
     return f"lm:{digest.hexdigest()[:24]}"
@@ -114,8 +114,12 @@ REFERENCE = "reference"
 """The live reference's name among the parts."""
 
 
+TRAINING_ONLY = ("caption_dropout", "long_text")
+"""AudioLMConfig fields that say how a model trains, not what it is."""
+
+
 def _shape(config: AudioLMConfig) -> dict:
-    return {f.name: getattr(config, f.name) for f in fields(AudioLMConfig) if f.name != "caption_dropout"}
+    return {f.name: getattr(config, f.name) for f in fields(AudioLMConfig) if f.name not in TRAINING_ONLY}
 
 
 def _run_config_path(init_from: Path) -> Path:
@@ -197,7 +201,7 @@ class DPOTask(LMTask):
         return result.loss.mean(), preference_metrics(result, chosen, rejected)
 
     def _preference(self, policy: nn.Module, reference: nn.Module | None, batch: dict):
-        text = self._text(batch, training=False)
+        text = self._text(batch, training=policy.training)  # caption dropout is refused at start
         return pair_preference(policy, reference, text, batch["codes"], batch["lengths"], batch.get("ref_logps"),
                                self.cfg.dpo)
 

@@ -16,11 +16,16 @@ from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.manifest import resolve_shards
 from aurora.generation import SamplingSettings
-from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_cross_entropy, encode_text, mask_padding
+from aurora.data.config import DataError
+from aurora.models.audio_lm import (AudioLM, AudioLMConfig, LongText, delayed_cross_entropy, encode_text, mask_padding,
+                                    text_overflow)
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.tasks.base import MODEL_FLOPS, Task
 
 SAMPLES_DIR = "samples"
+TRUNCATED_TEXT = "data/truncated_text"
+_LONG_TEXT_FIXES = ("raise model.max_text_len (a model trained on other lengths then needs fine-tuning), or set "
+                    "model.long_text=truncate to cut such text and count it (data/truncated_text)")
 
 
 @dataclass
@@ -59,6 +64,23 @@ class LMTask(Task):
 
         self.steps_done = 0
         """Optimizer steps taken: with the seed and a clip's key, it decides the clip's caption dropout."""
+        self.truncated_texts = 0
+        """Captions this rank cut to ``model.max_text_len`` (``long_text=truncate``)."""
+        self._check_longest_text()
+
+    def _check_longest_text(self) -> None:
+        """Refuse (``long_text=refuse``) shards whose manifest records text longer than the model reads."""
+        model = self.cfg.model
+        if model.long_text != LongText.refuse:
+            return
+        for name in ("shards", "eval_shards"):
+            spec = getattr(self.cfg.data, name)
+            manifest = resolve_shards(spec)[1] if spec is not None else None
+            longest = (manifest or {}).get("text_bytes_max")
+            if isinstance(longest, int) and longest > model.max_text_len - 2:
+                raise ConfigError(f"config: data.{name}={spec} holds captions of up to {longest} bytes (its manifest's "
+                                  f"text_bytes_max), but model.max_text_len={model.max_text_len} reads at most "
+                                  f"{model.max_text_len - 2}: {_LONG_TEXT_FIXES}")
 
     def build_model(self) -> nn.Module:
         return AudioLM(self.cfg.model)
@@ -67,10 +89,29 @@ class LMTask(Task):
         return model.shard_units()
 
     def _text(self, batch: dict, training: bool) -> torch.Tensor:
+        """The batch's captions as text tokens: long ones refused or cut (``model.long_text``,
+        counted in training) and, in training, some dropped (``model.caption_dropout``)."""
         texts = batch["text"]
+        self._check_text_lengths(batch, count=training)
         if training and self.cfg.model.caption_dropout > 0:
             texts = ["" if self._drops_caption(key) else text for key, text in zip(batch["keys"], texts)]
         return encode_text(texts, self.cfg.model.max_text_len).to(self.env.device)
+
+    def _check_text_lengths(self, batch: dict, count: bool) -> None:
+        model = self.cfg.model
+        long = text_overflow(batch["text"], model.max_text_len)
+        if not long:
+            return
+        if model.long_text == LongText.truncate:
+            self.truncated_texts += len(long) if count else 0
+            return
+        first = long[0]
+        raise DataError(f"sample {batch['keys'][first]} has a caption of {len(batch['text'][first].encode('utf-8'))} "
+                        f"bytes; model.max_text_len={model.max_text_len} reads at most {model.max_text_len - 2}: "
+                        f"{_LONG_TEXT_FIXES}")
+
+    def counters(self) -> dict[str, float]:
+        return {TRUNCATED_TEXT: float(self.truncated_texts)}
 
     def _drops_caption(self, key: str) -> bool:
         # A hash of (seed, step, key), not a random stream: whichever rank, batch or worker a
@@ -89,12 +130,13 @@ class LMTask(Task):
         return delayed_cross_entropy(logits, codes, batch["lengths"], special)
 
     def state_dict(self) -> dict:
-        return {"steps_done": self.steps_done}
+        return {"steps_done": self.steps_done, "truncated_texts": self.truncated_texts}
 
     def load_state_dict(self, state: dict) -> None:
         # A checkpoint written before caption dropout holds no count: its resumed run draws as
-        # at step 0 until its first step sets the count.
+        # at step 0 until its first step sets the count. One written before long_text counted none.
         self.steps_done = state.get("steps_done", 0)
+        self.truncated_texts = state.get("truncated_texts", 0)
 
     def batch_items(self, batch: dict) -> dict[str, float]:
         samples, padded_frames = len(batch["keys"]), batch["codes"].shape[-1]

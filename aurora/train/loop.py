@@ -407,9 +407,9 @@ class Trainer:
                 f.write(json.dumps({"step": self.step + 1, "keys": keys}) + "\n")
 
     def _gather_counts(self) -> dict[str, float]:
-        """Skipped samples and non-fatal errors, summed over ranks (one collective)."""
+        """Skipped samples, non-fatal errors and the recipe's counters, summed over ranks (one collective)."""
         local = {**{f"data/skipped/{reason}": n for reason, n in self.skipped_samples.items()},
-                 **{f"errors/{kind}": n for kind, n in self.nonfatal.counts.items()}}
+                 **{f"errors/{kind}": n for kind, n in self.nonfatal.counts.items()}, **self.task.counters()}
         per_rank = [None] * self.env.world_size
         dist.all_gather_object(per_rank, local)
         total: Counter = Counter()

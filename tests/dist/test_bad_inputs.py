@@ -1,10 +1,13 @@
-"""A bad sample in a shard is skipped and counted, and training goes on, on every rank."""
+"""A bad sample in a shard is skipped and counted, and training goes on, on every rank; a caption
+longer than the LM reads is cut and counted when the config says so."""
 
 import io
+import json
 import shutil
 import tarfile
 
-from tests.helpers.runs import CODEC_SMALL_GAN, cli, read_metrics
+from data_prep.synth_tokens import write_token_shards
+from tests.helpers.runs import CODEC_SMALL_GAN, cli, lm_train_args, read_metrics
 
 
 def _corrupt_first_flac(src, dst):
@@ -35,3 +38,20 @@ def test_corrupt_flac_member_is_skipped_and_counted(tmp_path, audio_shards, pool
     assert metrics[-1]["data/skipped/decode_error"] >= 1
     assert all(m["loss"] == m["loss"] for m in metrics)
     assert any("shard-000000.tar" in r.output for r in results)
+
+
+def test_truncated_captions_are_counted_over_both_ranks(tmp_path, pool2):
+    """Every third clip's caption is 100 bytes (the LM reads 78): the logged count, summed over
+    the ranks, is the number of such clips among the keys the ranks recorded training on."""
+    shards = write_token_shards(tmp_path / "tokens", num_clips=24, caption=lambda i: "x" * 100 if i % 3 == 0 else "y")
+    run = tmp_path / "lm"
+    args = lm_train_args(run, shards, 3, "model.long_text=truncate", "trainer.log_every=1",
+                         "trainer.record_sample_keys=true")
+    assert [r.value for r in pool2.run(cli, *args)] == [0, 0]
+    long_keys = {f"clip{i:05d}" for i in range(0, 24, 3)}
+    seen = [json.loads(line) for rank in (0, 1) for line in
+            (run / "sample_keys" / f"rank_{rank:05d}.jsonl").read_text().splitlines()]
+    for metrics in read_metrics(run):
+        expected = sum(key in long_keys for record in seen if record["step"] <= metrics["step"] for key in record["keys"])
+        assert metrics["data/truncated_text"] == expected
+    assert expected > 0

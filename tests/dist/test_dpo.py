@@ -117,7 +117,7 @@ def test_a_reference_of_other_weights_is_refused_naming_both(tmp_path, pairs, lm
 
 
 def test_a_policy_of_another_shape_or_with_caption_dropout_is_refused(tmp_path, pairs, lm_run):
-    with pytest.raises(ConfigError, match=r"shape differs from model.init_from=.*model.max_text_len=32 but 64"):
+    with pytest.raises(ConfigError, match=r"shape differs from model.init_from=.*model.max_text_len=32 but 80"):
         _task(tmp_path, pairs, lm_run, "model.max_text_len=32")
     with pytest.raises(ConfigError, match=r"model.caption_dropout=0.1, but DPO compares log-probs of the full captions"):
         _task(tmp_path, pairs, lm_run, "model.caption_dropout=0.1")

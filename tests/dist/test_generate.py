@@ -54,7 +54,7 @@ def test_generate_refuses_a_codec_run_and_a_caption_too_long(tmp_path, lm_run, c
     assert cli("generate", str(codec_run), "--caption", "x", "--out", str(tmp_path / "o")) == 2
     assert "is a 'codec' run, not an audio LM run (task: lm or dpo)" in capfd.readouterr().err
     assert cli("generate", str(lm_run), "--caption", "y" * 100, "--out", str(tmp_path / "o")) == 2
-    assert "is 100 bytes; this LM reads at most 62 (model.max_text_len=64): shorten it" in capfd.readouterr().err
+    assert "is 100 bytes; this LM reads at most 78 (model.max_text_len=80): shorten it" in capfd.readouterr().err
     assert cli("generate", str(lm_run), "--out", str(tmp_path / "o")) == 2
     assert "no caption: give --caption TEXT" in capfd.readouterr().err
 

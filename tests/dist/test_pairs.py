@@ -54,6 +54,7 @@ def test_golden_pairs_hold_the_real_codes_against_a_sample_with_the_recipes_logp
         for sample in read_shard(str(tokens / shard["name"]), lambda *a: pytest.fail(str(a))):
             real[sample["__key__"]] = np.load(io.BytesIO(sample["codes.npy"]))
     pairs = samples(golden)
+    assert manifest["text_bytes_max"] == max(len(p["json"]["text"].encode()) for p in pairs.values())
     model = reference_model(lm_run)
     for key, pair in pairs.items():
         meta = pair["json"]
@@ -110,7 +111,7 @@ def test_a_caption_too_long_and_a_codec_run_are_refused_before_sampling(tmp_path
                            {"json": json.dumps(meta).encode()})
     args = ["--prompts", str(long), "--out", str(tmp_path / "out"), *SECONDS]
     assert make_pairs_main(["--lm", str(lm_run), *args]) == 2
-    assert "is 100 bytes; this LM reads at most 62 (model.max_text_len=64): shorten it" in capfd.readouterr().err
+    assert "is 100 bytes; this LM reads at most 78 (model.max_text_len=80): shorten it" in capfd.readouterr().err
     assert not (tmp_path / "out").exists()
     codec_run = tmp_path / "codec_run"
     codec_run.mkdir()

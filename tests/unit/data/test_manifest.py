@@ -1,4 +1,5 @@
 import json
+import tarfile
 
 import pytest
 
@@ -134,3 +135,21 @@ def test_glob_and_empty_specs_are_rejected(shard_dir):
         resolve_shards(f"{shard_dir}/*.tar")
     with pytest.raises(ValueError, match="data.shards is empty"):
         resolve_shards("")
+
+
+def _longest_caption(shard_dir) -> int:
+    longest = 0
+    for tar in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(tar) as members:
+            for member in members:
+                if member.name.endswith(".json"):
+                    longest = max(longest, len(json.loads(members.extractfile(member).read())["text"].encode()))
+    return longest
+
+
+def test_make_shards_and_tokenize_record_the_longest_caption(audio_shards, tokens):
+    """What an LM recipe checks its ``model.max_text_len`` against before training."""
+    longest = _longest_caption(audio_shards)
+    assert longest > 0
+    assert read_manifest(audio_shards)["text_bytes_max"] == longest
+    assert read_manifest(tokens)["text_bytes_max"] == _longest_caption(tokens) == longest
