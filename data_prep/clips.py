@@ -44,6 +44,8 @@ CHANNELS = "channels"
 """More than two channels where ``--channels 2`` keeps stereo."""
 TOO_SHORT = "too_short"
 TOO_LONG = "too_long"
+LONG_TEXT = "long_text"
+"""A caption or transcript longer than ``--max-text-bytes`` (UTF-8)."""
 ERROR = "error"
 """Anything unexpected while processing the entry (a bug): the entry is skipped, the job goes on."""
 WORKER_CRASH = "worker_crash"
@@ -62,6 +64,8 @@ class ClipOptions:
     """"cut": cut longer recordings into pieces; "drop": skip them as too_long."""
     corpus: str = ""
     """Corpus name: ``corpus`` of every sample, ``source`` of those whose listing names none."""
+    max_text_bytes: int | None = None
+    """Skip clips whose text is longer, in UTF-8 bytes, as long_text; None keeps any length."""
 
 
 def encode_flac(audio: np.ndarray, sample_rate: int, subtype: str) -> bytes:
@@ -102,6 +106,10 @@ def _skip(entry: dict, reason: str, error: str, **more) -> dict:
 
 def _load(entry: dict, options: ClipOptions) -> tuple[list[dict], list[dict]]:
     path = entry["audio"]
+    text_bytes = len(entry["meta"].get("text", "").encode("utf-8"))
+    if options.max_text_bytes is not None and text_bytes > options.max_text_bytes:
+        raise _Skip(LONG_TEXT, f"{path}: its text is {text_bytes} bytes, longer than --max-text-bytes "
+                               f"{options.max_text_bytes}")
     if not os.path.isfile(path):
         raise _Skip(MISSING_FILE, f"{path}: file not found")
     with _decoding(path):

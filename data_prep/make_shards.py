@@ -2,6 +2,7 @@
 
     python -m data_prep.make_shards --input PATH --out SHARDS [--workers N]
         [--sample-rate HZ] [--channels 1|2] [--min-seconds S] [--max-seconds S] [--too-long cut|drop]
+        [--max-text-bytes N]
         [--shard-mb MB] [--samples-per-shard N] [--layout auto|jsonl|ljspeech|libritts|folder] [--corpus NAME]
 
 ``--input`` is what users have (the layout is recognised by itself, see data_prep.layouts): a
@@ -16,7 +17,8 @@ points when longer than ``--max-seconds`` (data_prep.segment; ``KEY_segNNN``) an
 shorter than ``--min-seconds``. A shard is closed when the next clip would take it past
 ``--shard-mb`` megabytes (or ``--samples-per-shard`` clips).
 
-A clip that cannot be used (missing, undecodable, too short, a bad listing line) is skipped
+A clip that cannot be used (missing, undecodable, too short, its text longer than
+``--max-text-bytes``, a bad listing line) is skipped
 and listed with its reason and error in ``SHARDS/skipped.jsonl``; the job goes on.
 ``SHARDS/manifest.json`` describes the result (see aurora.data.manifest) and adds ``clips``,
 ``skipped`` and ``skipped_by_reason``.
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: 30)")
     audio.add_argument("--too-long", default="cut", choices=("cut", "drop"),
                        help="what to do with recordings longer than --max-seconds (default: cut)")
+    parser.add_argument("--max-text-bytes", type=int, default=None, metavar="N",
+                        help="skip clips whose text is longer than N UTF-8 bytes, as long_text: an audio LM with "
+                             "model.max_text_len=L reads L - 2 (default: keep any; the manifest records the longest)")
     output = parser.add_argument_group("shards")
     output.add_argument("--shard-mb", type=float, default=256.0, metavar="MB",
                         help="close a shard when the next clip would take it past this many megabytes (10^6 bytes; "
@@ -107,6 +112,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--shard-mb must be > 0, got {args.shard_mb}")
     if args.samples_per_shard is not None and args.samples_per_shard < 1:
         parser.error(f"--samples-per-shard must be at least 1, got {args.samples_per_shard}")
+    if args.max_text_bytes is not None and args.max_text_bytes < 0:
+        parser.error(f"--max-text-bytes must be >= 0, got {args.max_text_bytes}")
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     if args.out.exists() and not args.out.is_dir():
@@ -117,8 +124,8 @@ def fingerprint(args: argparse.Namespace, corpus: layouts.Corpus) -> dict:
     """What makes the output what it is: the settings and a digest of the input listing."""
     settings = {"input": str(args.input.resolve()), "layout": corpus.layout, "corpus": corpus.name,
                 "sample_rate": args.sample_rate, "channels": args.channels, "min_seconds": args.min_seconds,
-                "max_seconds": args.max_seconds, "too_long": args.too_long, "shard_mb": args.shard_mb,
-                "samples_per_shard": args.samples_per_shard}
+                "max_seconds": args.max_seconds, "too_long": args.too_long, "max_text_bytes": args.max_text_bytes,
+                "shard_mb": args.shard_mb, "samples_per_shard": args.samples_per_shard}
     digest = hashlib.sha256()
     for entry in corpus.entries:
         digest.update(json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     except (layouts.LayoutError, OSError, UnicodeDecodeError) as exn:
         parser.error(str(exn))
     options = ClipOptions(args.sample_rate, args.channels, args.min_seconds, args.max_seconds, args.too_long,
-                          corpus.name)
+                          corpus.name, args.max_text_bytes)
     try:
         writer = ShardWriter(args.out, fingerprint(args, corpus), round(args.shard_mb * 1e6), args.samples_per_shard)
     except ResumeError as exn:

@@ -103,6 +103,21 @@ def test_bad_inputs_are_skipped_and_listed(shards):
     assert "not valid JSON" in skipped[2]["error"] and skipped[2]["line"] == NUM_CLIPS + 4
 
 
+def test_text_longer_than_max_text_bytes_is_skipped_and_counted(corpus, tmp_path):
+    """What a trainer refuses at start is refused here instead, clip by clip, when asked."""
+    texts = {e["path"]: len(e["text"].encode()) for e in map(json.loads, (corpus / "metadata.jsonl").read_text()
+                                                              .splitlines()[:NUM_CLIPS + 1])}
+    limit = sorted(texts.values())[len(texts) // 2]
+    make_shards.main(["--manifest", str(corpus / "metadata.jsonl"), "--out", str(tmp_path), "--max-text-bytes",
+                      str(limit)])
+    long = [s for s in skipped_of(tmp_path) if s["reason"] == "long_text"]
+    assert sorted(s["path"] for s in long) == sorted(path for path, n in texts.items() if n > limit)
+    assert f"longer than --max-text-bytes {limit}" in long[0]["error"]
+    manifest = read_manifest(tmp_path)
+    assert manifest["skipped_by_reason"]["long_text"] == len(long) > 0
+    assert manifest["text_bytes_max"] == max(n for n in texts.values() if n <= limit)
+
+
 def test_same_input_gives_byte_identical_shards(corpus, shards, tmp_path):
     make_shards.main(["--manifest", str(corpus / "metadata.jsonl"), "--out", str(tmp_path), "--samples-per-shard", "4"])
     for tar in sorted(shards.glob("*.tar")):
