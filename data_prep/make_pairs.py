@@ -10,8 +10,9 @@ Each prompt is a clip of the token shards (its caption, its real codes, its json
 - ``golden`` (SpeechAlign): chosen = the clip's real codes, rejected = the LM's sample for its
   caption; with ``--reward``, both sides are scored and recorded.
 - ``ranked``: ``--num-candidates`` samples of the caption, scored by ``--reward``
-  (aurora.metrics.rewards); chosen = the best, rejected = the worst. A prompt whose margin (best
-  minus worst) is below ``--min-margin`` is skipped and counted (``low_margin``).
+  (aurora.metrics.rewards); chosen = the best, rejected = the worst. A prompt whose candidates
+  all score the same, or whose margin (best minus worst) is below ``--min-margin``, states no
+  preference: it is skipped and counted (``low_margin``).
 A pair whose two sides are the same codes is skipped and counted (``identical_pair``). Every
 side is ``--seconds`` long (the real codes cut to it; a shorter clip keeps its length), so the
 DPO recipe's ``data.context_frames`` must be at least that many frames.
@@ -67,7 +68,8 @@ PROG = "data_prep.make_pairs"
 FAULT_KILL_ENV = "AURORA_FAULT_PAIRS_KILL"
 MODES = ("golden", "ranked")
 LOW_MARGIN = "low_margin"
-"""A ranked prompt whose best and worst candidates score closer than ``--min-margin``."""
+"""A ranked prompt whose candidates all score the same, or whose best and worst score closer
+than ``--min-margin``."""
 CODEC_DIR = "codec"
 
 
@@ -149,9 +151,9 @@ def _pair(key, real, real_audio, sampled_codes, sampled_audio, meta, rate, rewar
     else:
         scores = [reward(a, rate, meta, real_audio) for a in sampled_audio]
         best, worst = int(np.argmax(scores)), int(np.argmin(scores))
-        if scores[best] - scores[worst] < args.min_margin:
-            counter.add(LOW_MARGIN, shard, f"{key}: candidates score {min(scores):.4f} to {max(scores):.4f}, "
-                                           f"closer than --min-margin {args.min_margin}")
+        if scores[best] == scores[worst] or scores[best] - scores[worst] < args.min_margin:
+            why = "all the same" if scores[best] == scores[worst] else f"closer than --min-margin {args.min_margin}"
+            counter.add(LOW_MARGIN, shard, f"{key}: candidates score {min(scores):.4f} to {max(scores):.4f}: {why}")
             return None
         sides = [sampled_codes[best], sampled_codes[worst]]
         info["rewards"] = {"name": args.reward, CHOSEN: scores[best], REJECTED: scores[worst], "all": scores}
@@ -174,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward", choices=sorted(REWARDS), help="scores samples (required by --mode ranked)")
     parser.add_argument("--num-candidates", type=int, default=4, help="ranked: samples per prompt (default 4)")
     parser.add_argument("--min-margin", type=float, default=0.0,
-                        help="ranked: skip a prompt whose best and worst candidates score closer (default 0)")
+                        help="ranked: skip a prompt whose best and worst candidates score closer (default 0: skip "
+                             "only prompts whose candidates all tie)")
     defaults = SamplingSettings()
     parser.add_argument("--seconds", type=float, default=defaults.seconds, help="length of each side")
     parser.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale)

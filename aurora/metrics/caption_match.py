@@ -31,6 +31,9 @@ PEAK_FLOOR = 0.25
 """A spectral peak counts when it reaches this fraction of the strongest."""
 HARMONIC_TOLERANCE = 0.03
 """How close to an integer multiple of the lowest peak a harmonic is (relative)."""
+MIN_HZ = 40.0
+"""Frequencies below this are never a pitch: the corpus's lowest note is C2 (65.4 Hz), and what
+lies under it is DC offset or rumble, which a codec early in training makes plenty of."""
 
 
 def _spectrogram(audio: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,14 @@ def flatness(power: torch.Tensor) -> float:
     return (white.log().mean(1).exp() / white.mean(1)).mean().item()
 
 
+def _lowest_bin(sample_rate: int) -> int:
+    return math.ceil(MIN_HZ * N_FFT / sample_rate)
+
+
 def dominant_hz(power: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """The strongest frequency of each frame, in Hz."""
-    return power[:, 1:].argmax(1).float().add(1) * sample_rate / N_FFT
+    """The strongest frequency (from ``MIN_HZ`` up) of each frame, in Hz."""
+    lowest = _lowest_bin(sample_rate)
+    return power[:, lowest:].argmax(1).float().add(lowest) * sample_rate / N_FFT
 
 
 def sweep_octaves(power: torch.Tensor, sample_rate: int) -> float:
@@ -82,9 +90,10 @@ def sweep_octaves(power: torch.Tensor, sample_rate: int) -> float:
 
 
 def spectral_peaks(power: torch.Tensor, sample_rate: int) -> list[float]:
-    """Frequencies (Hz, ascending) of the local maxima of the mean spectrum above PEAK_FLOOR."""
+    """Frequencies (Hz, ascending, from ``MIN_HZ`` up) of the local maxima of the mean spectrum
+    above PEAK_FLOOR."""
     mean = power.mean(0)
-    mean[0] = 0
+    mean[: _lowest_bin(sample_rate)] = 0
     floor = PEAK_FLOOR * mean.max()
     peaks = [i for i in range(1, len(mean) - 1) if mean[i] >= floor and mean[i] >= mean[i - 1] and mean[i] > mean[i + 1]]
     return [i * sample_rate / N_FFT for i in peaks]

@@ -4,6 +4,7 @@ recipe's, the pairs train, and bad requests get one clear line."""
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import webdataset as wds
 
 from aurora.data import DataConfig, build_loader
 from aurora.data.manifest import read_manifest
-from aurora.data.pairs import SIDES, ref_field
+from aurora.data.pairs import SIDES, npy_bytes, ref_field
 from aurora.data.tars import read_shard
 from tests.helpers.pairs import reference_logps, reference_model
 from tests.helpers.runs import run_main
@@ -85,13 +86,29 @@ def test_two_ranks_write_the_bytes_one_process_writes(tmp_path, lm_run, tokens, 
 
 
 def test_low_margins_and_identical_sides_are_skipped_and_counted(tmp_path, lm_run, tokens, pool1):
-    """A margin no ranking reaches skips every prompt; greedy sampling makes every candidate the
-    same clip, so its pairs have identical sides."""
-    args = ["--lm", str(lm_run), "--prompts", str(tokens), *SECONDS, *RANKED]
-    assert pool1.run(run_main, "data_prep.make_pairs", *args, "--out", str(tmp_path / "a"), "--min-margin", "1e9")[0].value == 0
+    """A margin no ranking reaches skips every prompt, and so does greedy sampling, whose
+    candidates are one clip that ties with itself. Golden prompts whose real codes are what the
+    LM samples greedily (its own greedy samples, as token shards) make pairs with identical sides."""
+    args = ["--lm", str(lm_run), *SECONDS]
+    ranked = [*args, "--prompts", str(tokens), *RANKED]
+    assert pool1.run(run_main, "data_prep.make_pairs", *ranked, "--out", str(tmp_path / "a"), "--min-margin", "1e9")[0].value == 0
     assert read_manifest(tmp_path / "a")["skipped"] == {"low_margin": 24}
-    assert pool1.run(run_main, "data_prep.make_pairs", *args, "--out", str(tmp_path / "b"), "--top-k", "1")[0].value == 0
-    assert read_manifest(tmp_path / "b")["skipped"] == {"identical_pair": 24}
+    assert pool1.run(run_main, "data_prep.make_pairs", *ranked, "--out", str(tmp_path / "b"), "--top-k", "1")[0].value == 0
+    assert read_manifest(tmp_path / "b")["skipped"] == {"low_margin": 24}
+    greedy = [*args, "--mode", "golden", "--top-k", "1"]
+    assert pool1.run(run_main, "data_prep.make_pairs", *greedy, "--prompts", str(tokens), "--out", str(tmp_path / "c"))[0].value == 0
+    own = tmp_path / "own"
+    shutil.copytree(tokens, own)
+    sampled = {key: pair["rejected"] for key, pair in samples(tmp_path / "c").items()}
+    for shard in read_manifest(tokens)["shards"]:
+        with wds.TarWriter(str(own / shard["name"])) as sink:
+            for sample in read_shard(str(tokens / shard["name"]), lambda *a: pytest.fail(str(a))):
+                # A prompt missing from the pairs had its real codes sampled already (identical).
+                real = np.load(io.BytesIO(sample["codes.npy"]))[:, :15]
+                sink.write({"__key__": sample["__key__"], "codes.npy": npy_bytes(sampled.get(sample["__key__"], real)),
+                            "json": sample["json"]})
+    assert pool1.run(run_main, "data_prep.make_pairs", *greedy, "--prompts", str(own), "--out", str(tmp_path / "d"))[0].value == 0
+    assert read_manifest(tmp_path / "d")["skipped"] == {"identical_pair": 24}
 
 
 def test_a_caption_too_long_and_a_codec_run_are_refused_before_sampling(tmp_path, lm_run, tokens, capfd):

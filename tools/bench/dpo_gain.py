@@ -2,7 +2,7 @@
 fresh samples, before and after, from one base LM.
 
     python -m tools.bench.dpo_gain --base demo/lm --prompts demo/tokens [--work runs/dpo_gain]
-        [--candidates 4] [--seconds 2] [--steps 200] [--heldout 64] [--nproc 2]
+        [--candidates 8] [--seconds 2] [--steps 100] [--heldout 256] [--nproc 2]
 
 1. Pairs: ``data_prep.make_pairs --mode ranked --reward caption_match`` samples ``--candidates``
    clips of each training caption (``--prompts``) from the base LM; chosen/rejected = the best
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=Path, default=Path("demo/lm"), help="the base LM run (make demo trains one)")
     parser.add_argument("--prompts", type=Path, default=Path("demo/tokens"), help="the base LM's token shards")
     parser.add_argument("--work", type=Path, default=Path("runs/dpo_gain"))
-    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--heldout", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--heldout", type=int, default=256)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1, help="the held-out corpus' seed (the demo's is 0)")
     args = parser.parse_args(argv)

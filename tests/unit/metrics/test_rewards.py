@@ -44,6 +44,15 @@ def test_pitch_counts_for_a_tone_of_the_right_kind(clips):
     assert caption_match(audio, RATE, meta) > 0.9 and caption_match(audio, RATE, detuned) == pytest.approx(0.5)
 
 
+def test_rumble_and_dc_offset_under_the_lowest_note_are_not_a_pitch(clips):
+    """A codec early in training adds a DC offset and a strong 8 Hz rumble: the pitch read is the
+    tone's still (without the floor, the rumble's bin is the strongest peak)."""
+    audio, meta = next((a, m) for a, m in clips if m["kind"] == "tone" and caption_match(a, RATE, m) > 0.9)
+    t = torch.arange(audio.numel()) / RATE
+    rumbling = audio + 0.1 + 2 * audio.abs().max() * torch.sin(2 * torch.pi * 8 * t)
+    assert caption_match(rumbling, RATE, meta) == pytest.approx(caption_match(audio, RATE, meta), abs=0.05)
+
+
 def test_mel_distance_prefers_the_real_clip_and_caption_match_needs_parameters(clips):
     reward = get_reward("mel_distance")
     audio, meta = clips[0][0].float(), clips[0][1]
