@@ -2,12 +2,14 @@
 fresh samples, before and after, from one base LM.
 
     python -m tools.bench.dpo_gain --base demo/lm --prompts demo/tokens [--work runs/dpo_gain]
-        [--candidates 8] [--seconds 2] [--steps 100] [--heldout 256] [--nproc 2]
+        [--candidates 8] [--seconds 2] [--steps 100] [--heldout 256] [--nproc 2] [--mode ranked|golden]
 
 1. Pairs: ``data_prep.make_pairs --mode ranked --reward caption_match`` samples ``--candidates``
    clips of each training caption (``--prompts``) from the base LM; chosen/rejected = the best
    and worst match (aurora.metrics.caption_match: the kind and pitch the caption names, measured
-   from the audio); ``data_prep.ref_logprobs`` adds the base model's log-probs.
+   from the audio); ``data_prep.ref_logprobs`` adds the base model's log-probs. ``--mode golden``
+   (SpeechAlign) pairs each clip's real codes, as chosen, with one sample instead: a control
+   that tells a recipe that learns nothing from a reward that the LM cannot learn.
 2. Held-out: ``--heldout`` new synthetic clips (another corpus seed), sharded and tokenized with
    the prompts' codec, ranked the same way: the held-out pairs.
 3. DPO: ``aurora train configs/dpo/tiny.yaml`` from the base for ``--steps`` steps, evaluated on
@@ -78,12 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heldout", type=int, default=256)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1, help="the held-out corpus' seed (the demo's is 0)")
+    parser.add_argument("--mode", default="ranked", choices=("ranked", "golden"), help="how pairs are made")
     args = parser.parse_args(argv)
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     sampling = ["--seconds", str(args.seconds), "--batch-size", "16"]
-    ranked = ["--mode", "ranked", "--reward", "caption_match", "--num-candidates", str(args.candidates), *sampling]
+    candidates = ["--num-candidates", str(args.candidates)] if args.mode == "ranked" else []
+    ranked = ["--mode", args.mode, "--reward", "caption_match", *candidates, *sampling]
 
     sh("-m", "data_prep.make_pairs", "--lm", str(args.base), "--prompts", str(args.prompts), "--out",
        str(work / "pairs"), *ranked, nproc=args.nproc)
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = [json.loads(line) for line in (work / "dpo" / "metrics.jsonl").read_text().splitlines()]
     evaluated = [m for m in metrics if "eval/rewards/accuracies" in m][-1]
     train = json.loads((work / "pairs" / "manifest.json").read_text())
-    print(f"\nDPO gain: base {args.base}, {train['num_samples']} ranked training pairs "
+    print(f"\nDPO gain: base {args.base}, {train['num_samples']} {args.mode} training pairs "
           f"(skipped {train['skipped'] or 'none'}), {args.steps} DPO steps, {pairs} held-out pairs, "
           f"{len(meta)} held-out captions")
     print(f"{'':34s} {'base':>14s} {'dpo':>14s}")
