@@ -61,7 +61,7 @@ from aurora.generation import LMSampler, SamplingSettings, check_captions, load_
 from aurora.metrics.rewards import REWARDS, get_reward
 from aurora.tasks.dpo import lm_id
 from data_prep.shard_job import (FINAL_WAIT_S, RECORD_VERSION, JobError, fault_kill_shard, finished_record,
-                                 pick_device, record_path, run_job, write_record)
+                                 longest_text, pick_device, record_path, run_job, write_record)
 from data_prep.shard_writer import TAR_MTIME
 
 PROG = "data_prep.make_pairs"
@@ -272,7 +272,7 @@ def _finish(out: Path, urls: list[str], expect: dict, manifest: dict, sampler: L
                    codebook_size=manifest["codebook_size"], frame_rate=manifest["frame_rate"],
                    hop_length=manifest.get("hop_length"), codec=CODEC_DIR, codec_id=manifest.get("codec_id"),
                    policy=policy, **job, source=str(args.prompts), skipped=dict(sorted(skipped.items())),
-                   text_bytes_max=max(r["text_bytes_max"] for r in records))
+                   text_bytes_max=longest_text(records))
     pairs, prompts = sum(s["samples"] for s in shards), sum(r["prompts"] for r in records)
     print(f"{PROG}: {pairs} {args.mode} pairs from {prompts} prompts in {len(shards)} shards in {out} "
           f"({done_before} shards done before); skipped: {dict(skipped) or 'none'}")

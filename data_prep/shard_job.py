@@ -71,6 +71,13 @@ def finished_record(out: Path, url: str, expect: dict, what: str, redo_others: b
     return record
 
 
+def longest_text(records: list[dict]) -> int | None:
+    """The longest caption over the shards' records (``text_bytes_max``), for the manifest; None
+    when a record predates the count (shards finished by an older version)."""
+    longest = [r.get("text_bytes_max") for r in records]
+    return None if None in longest else max(longest)
+
+
 def fault_kill_shard(env_var: str) -> int | None:
     """Test hook: the index of the shard whose job SIGKILLs itself mid-shard (``env_var``), in a
     job's first attempt only (torchrun's ``TORCHELASTIC_RESTART_COUNT`` is 0)."""

@@ -74,7 +74,7 @@ from aurora.distributed import barrier, init_distributed, shutdown
 from data_prep.batch_encode import (BATCHING, DEFAULT_BATCH_SECONDS, DEFAULT_BUCKET_WIDTH, DEFAULT_BUCKET_WINDOW,
                                     BatchEncoder, BatchStats, masking_problem, ordered_prefetch)
 from data_prep.shard_job import (FINAL_WAIT_S, RECORD_VERSION, JobError, fault_kill_shard, finished_record,
-                                 pick_device, record_path, run_job, write_record)
+                                 longest_text, pick_device, record_path, run_job, write_record)
 from data_prep.shard_writer import TAR_MTIME
 
 CODEC_DIR = "codec"
@@ -186,12 +186,6 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
             "audio_seconds": audio_samples / cfg.sample_rate, "text_bytes_max": text_bytes, "skipped": dict(sorted(counter.take().items())),
             "tar_bytes": out_path.stat().st_size, "source": url, "source_bytes": os.path.getsize(url),
             "wall_s": time.perf_counter() - started}
-
-
-def _longest_text(records: list[dict]) -> int | None:
-    """The longest caption of the token set (None when a shard's record predates the count)."""
-    longest = [r.get("text_bytes_max") for r in records]
-    return None if None in longest else max(longest)
 
 
 def _rates(audio_seconds: float, tokens: int, wall_s: float) -> dict:
@@ -362,7 +356,7 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
     shards = [{"name": r["name"], "samples": r["samples"], "seconds": r["seconds"]} for r in records]
     write_manifest(out, "tokens", shards, cfg.sample_rate, n_q=cfg.n_q, codebook_size=cfg.codebook_size,
                    frame_rate=cfg.frame_rate, hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,
-                   text_bytes_max=_longest_text(records),
+                   text_bytes_max=longest_text(records),
                    codec_source=source, source=str(args.shards), skipped=dict(sorted(skipped.items())),
                    settings={"batching": settings.batching, "batch_seconds": settings.batch_seconds,
                              "bucket_window": settings.bucket_window, "bucket_width": settings.bucket_width,

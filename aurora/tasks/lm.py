@@ -73,9 +73,10 @@ class LMTask(Task):
         model = self.cfg.model
         if model.long_text != LongText.refuse:
             return
-        for name in ("shards", "eval_shards"):
+        eval_spec = self.cfg.data.eval_shards
+        manifests = {"shards": self.manifest, "eval_shards": resolve_shards(eval_spec)[1] if eval_spec else None}
+        for name, manifest in manifests.items():
             spec = getattr(self.cfg.data, name)
-            manifest = resolve_shards(spec)[1] if spec is not None else None
             longest = (manifest or {}).get("text_bytes_max")
             if isinstance(longest, int) and longest > model.max_text_len - 2:
                 raise ConfigError(f"config: data.{name}={spec} holds captions of up to {longest} bytes (its manifest's "
