@@ -31,8 +31,11 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from aurora.data.members import is_finite_number
 
 LAYOUTS = ("jsonl", "ljspeech", "libritts", "folder")
 UNDERSTOOD = ("a JSON-lines manifest (.jsonl/.json file, or a directory holding metadata.jsonl); "
@@ -43,6 +46,10 @@ JSONL_NAME = "metadata.jsonl"
 MAX_KEY_CHARS = 72
 """Longer keys are shortened (with a hash) so member names (with a de-duplicating hash, ``_segNNNN``
 and the extension) fit the 100 characters of a plain tar header."""
+
+MAX_SPAN_SECONDS = 1e9
+"""The largest ``start``/``end`` of a listing line: beyond any recording (and the key, in
+milliseconds, stays a finite number)."""
 
 BAD_ENTRY = "bad_entry"
 """A listing line that cannot be used (not JSON, no ``path``, a bad field)."""
@@ -168,8 +175,8 @@ def _read_jsonl(manifest: Path) -> list[dict]:
     if manifest.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
-        except json.JSONDecodeError as exn:
-            raise LayoutError(f"{manifest} is neither JSON lines nor a valid JSON array: {exn}") from None
+        except (ValueError, RecursionError) as exn:  # as aurora.data.members.metadata
+            raise LayoutError(f"{manifest} is neither JSON lines nor a valid JSON array: {str(exn)[:200]}") from None
         numbered = [(number, row, None) for number, row in enumerate(rows, start=1)]
     else:
         numbered = []
@@ -178,8 +185,8 @@ def _read_jsonl(manifest: Path) -> list[dict]:
                 continue
             try:
                 numbered.append((number, json.loads(line), None))
-            except json.JSONDecodeError as exn:
-                numbered.append((number, None, f"not valid JSON: {exn}"))
+            except (ValueError, RecursionError) as exn:  # as aurora.data.members.metadata
+                numbered.append((number, None, f"not valid JSON: {str(exn)[:200]}"))
     return [_jsonl_entry(manifest.parent, number, row, error) for number, row, error in numbered]
 
 
@@ -195,11 +202,12 @@ def _jsonl_entry(root: Path, number: int, row, error: str | None) -> dict:
         fields["text"] = fields.pop("caption")
     text = fields.pop("text", "")
     if not isinstance(text, str):
-        return _bad(BAD_ENTRY, f"{path}: 'text' must be a string, got {text!r}", path, number)
+        return _bad(BAD_ENTRY, f"{path}: 'text' must be a string, got {reprlib.repr(text)}", path, number)
     start, end = fields.pop("start", None), fields.pop("end", None)
     for name, value in (("start", start), ("end", end)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            return _bad(BAD_ENTRY, f"{path}: '{name}' must be a number of seconds >= 0, got {value!r}", path, number)
+        if value is not None and not (is_finite_number(value) and 0 <= value <= MAX_SPAN_SECONDS):
+            return _bad(BAD_ENTRY, f"{path}: '{name}' must be a number of seconds in [0, {MAX_SPAN_SECONDS:g}], got "
+                                   f"{reprlib.repr(value)}", path, number)
     if start is not None and end is not None and end <= start:
         return _bad(BAD_ENTRY, f"{path}: 'end' ({end}) must be after 'start' ({start})", path, number)
     audio = Path(path) if os.path.isabs(path) else root / path

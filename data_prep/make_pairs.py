@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from aurora.config.schema import Backend, DistConfig
 from aurora.data.config import DataError
@@ -54,7 +53,7 @@ from aurora.data.manifest import resolve_shards, write_manifest
 from aurora.data.members import metadata
 from aurora.data.pairs import CHOSEN, REJECTED, frames_field, member, npy_bytes
 from aurora.data.skips import IDENTICAL_PAIR, BadSample, SkipCounter
-from aurora.data.tars import read_shard
+from aurora.data.tars import TarWriter, read_shard
 from aurora.data.tokens import load_codes
 from aurora.distributed import barrier, init_distributed, shutdown
 from aurora.generation import LMSampler, SamplingSettings, check_captions, load_lm_config
@@ -106,7 +105,7 @@ def pair_shard(index: int, url: str, out_path: Path, sampler: LMSampler, args: a
     written, seconds, text_bytes = 0, 0.0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "wb") as file:
-        sink = wds.TarWriter(file, mtime=TAR_MTIME)
+        sink = TarWriter(file, mtime=TAR_MTIME)
         for start in range(0, len(prompts), args.batch_size):
             batch = prompts[start: start + args.batch_size]
             seeds = [candidate_seed(args.seed, key, c) for key, _, _ in batch for c in range(candidates)]

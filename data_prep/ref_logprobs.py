@@ -29,14 +29,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import webdataset as wds
 
 from aurora.config.schema import Backend, DistConfig
 from aurora.data.config import DataError
 from aurora.data.manifest import MANIFEST_NAME, resolve_shards
 from aurora.data.pairs import REF_ID, SIDES, PairExamples, ref_field
 from aurora.data.skips import BadSample, SkipCounter
-from aurora.data.tars import read_shard
+from aurora.data.tars import TarWriter, read_shard
 from aurora.distributed import barrier, init_distributed, shutdown
 from aurora.generation import load_lm_config
 from aurora.models.audio_lm import AudioLM, encode_text
@@ -64,7 +63,7 @@ def rewrite_shard(index: int, url: str, model: AudioLM, ident: str, examples: Pa
     tmp = path.with_name(path.name + ".tmp")
     written = 0
     with open(tmp, "wb") as file:
-        sink = wds.TarWriter(file, mtime=TAR_MTIME)
+        sink = TarWriter(file, mtime=TAR_MTIME)
         pending: list[tuple[dict, dict]] = []
 
         def flush() -> None:

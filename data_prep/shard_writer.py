@@ -21,9 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import webdataset as wds
-
 from aurora.data.manifest import MANIFEST_NAME
+from aurora.data.tars import TarWriter
 
 SHARD_PATTERN = "shard-%06d.tar"
 SKIPPED_NAME = "skipped.jsonl"
@@ -210,7 +209,7 @@ class ShardWriter:
     def _open_shard(self) -> None:
         name = SHARD_PATTERN % len(self.totals.shards)
         self._file = open(self.out / (name + ".tmp"), "wb")
-        self._tar = wds.TarWriter(self._file, mtime=TAR_MTIME)
+        self._tar = TarWriter(self._file, mtime=TAR_MTIME)
         self._current = {"name": name, "samples": 0, "seconds": 0.0}
         self._current_rates = set()
         self._current_text = 0

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from aurora.data.manifest import write_manifest
+from aurora.data.tars import TarWriter
 
 
 def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: int = 4,
@@ -33,7 +33,7 @@ def write_token_shards(out: Path, num_clips: int = 32, per_shard: int = 8, n_q: 
     for first in range(0, num_clips, per_shard):
         name = f"shard-{first // per_shard:06d}.tar"
         count = min(per_shard, num_clips - first)
-        with wds.TarWriter(str(out / name)) as sink:
+        with TarWriter(str(out / name)) as sink:
             total_frames = 0
             for i in range(first, first + count):
                 length = frames if min_frames is None else int(rng.integers(min_frames, frames + 1))

@@ -4,6 +4,7 @@
         [--batch-seconds S] [--bucket-window N] [--bucket-width W]
         [--batching auto|masked|equal-length|single]
         [--precision bf16|fp32] [--device cpu|cuda|cuda:N] [--decode-threads N] [--resample]
+        [--max-seconds S] [--max-member-mb MB]
 
 ``--codec`` is a codec training run (``config.yaml`` + ``checkpoints/``: its latest complete
 checkpoint), one checkpoint of such a run (``RUN/checkpoints/step_N``), or an exported codec
@@ -12,7 +13,9 @@ checkpoint), one checkpoint of such a run (``RUN/checkpoints/step_N``), or an ex
 Output, per audio shard, a token shard of the same name: ``KEY.codes.npy`` (int16 [n_q, T],
 T = ceil(samples / hop_length)) + ``KEY.json`` (the source json plus ``frames`` and
 ``frame_rate``), samples in the source order; bad samples are skipped and counted, as in
-training. Next to it ``NAME.done.json`` records the finished shard. At the end rank 0 writes
+training, by the loader's rules (aurora.data): clips longer than ``--max-seconds`` by their
+header (``data.max_seconds``; a clip is decoded whole) and members larger than
+``--max-member-mb`` are skipped before they are decoded or read. Next to it ``NAME.done.json`` records the finished shard. At the end rank 0 writes
 ``TOKENS/manifest.json`` (from every shard's record) and a copy of the codec
 (``TOKENS/codec/``), so the token set can be decoded back to audio on its own. The manifest
 names the codec by ``codec_id`` (a hash of its config and weights; the same whether it was
@@ -60,16 +63,16 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torch.distributed as dist
-import webdataset as wds
 from torch import nn
 
 from aurora.config.schema import Backend, DistConfig
 from aurora.data.audio import AudioExamples
-from aurora.data.config import DataError
+from aurora.data.config import DataConfig, DataError
 from aurora.data.manifest import resolve_shards, write_manifest
+from aurora.data.members import metadata
 from aurora.data.pairs import npy_bytes
-from aurora.data.skips import BadSample, SkipCounter
-from aurora.data.tars import read_shard
+from aurora.data.skips import SampleFailures, SkipCounter
+from aurora.data.tars import TarWriter, read_shard
 from aurora.distributed import barrier, init_distributed, shutdown
 from data_prep.batch_encode import (BATCHING, DEFAULT_BATCH_SECONDS, DEFAULT_BUCKET_WIDTH, DEFAULT_BUCKET_WINDOW,
                                     BatchEncoder, BatchStats, masking_problem, ordered_prefetch)
@@ -115,6 +118,7 @@ class Settings:
     precision: str
     resample: bool
     decode_threads: int
+    max_member_bytes: int
 
 
 def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, examples: AudioExamples,
@@ -124,8 +128,10 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
     cfg = encoder.codec.cfg
     shard = os.path.basename(url)
     counter = SkipCounter()
+    failures = SampleFailures()
 
     def decode(sample: dict):
+        """``(example, meta, None)``, or ``(None, None, exception)``: counted (or raised) in order, below."""
         try:
             if not settings.resample:
                 try:
@@ -137,16 +143,15 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
                         f"{url}: sample {sample['__key__']} is {rate} Hz but the codec expects {cfg.sample_rate} Hz: "
                         f"pass --resample to resample clips to {cfg.sample_rate} Hz as they are read, or make the "
                         f"shards at that rate (python -m data_prep.make_shards --sample-rate {cfg.sample_rate})")
-            example = examples.decode(sample, crop_rng=None)
-            return example, json.loads(sample["json"]), None
-        except BadSample as bad:
-            return None, None, bad
+            return examples.decode(sample, crop_rng=None), metadata(sample), None
+        except Exception as exn:  # noqa: BLE001 - a bad sample, or a broken job: SampleFailures tells
+            return None, None, exn
 
     kill_at = fault_kill_shard(FAULT_KILL_ENV)
     samples, frames_total, audio_samples, text_bytes = 0, 0, 0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
     with open(tmp, "wb") as file:
-        sink = wds.TarWriter(file, mtime=TAR_MTIME)
+        sink = TarWriter(file, mtime=TAR_MTIME)
         window: list[tuple[dict, dict]] = []
 
         def flush() -> None:
@@ -168,11 +173,15 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
                 os.fsync(file.fileno())
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        raw = read_shard(url, counter.add, expected)
-        for example, meta, bad in ordered_prefetch(decode, raw, settings.decode_threads, 4 * settings.decode_threads):
-            if bad is not None:
-                counter.add(bad.reason, shard, bad.detail)
+        raw = read_shard(url, counter.add, expected, examples.members, settings.max_member_bytes)
+        for example, meta, error in ordered_prefetch(decode, raw, settings.decode_threads, 4 * settings.decode_threads):
+            if isinstance(error, JobError):
+                raise error
+            if error is not None:
+                reason, detail = failures.reason(error)
+                counter.add(reason, shard, detail)
                 continue
+            failures.succeeded()
             window.append((example, meta))
             if len(window) >= settings.bucket_window:
                 flush()
@@ -226,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-threads", type=int, default=None,
                         help="threads decoding FLAC ahead of the encoder (default: this rank's share of the "
                              "CPU cores, at most 4)")
+    parser.add_argument("--max-seconds", type=float, default=DataConfig.max_seconds,
+                        help="skip (and count) clips longer than this by their header, before decoding them "
+                             "(default %(default)g, as data.max_seconds)")
+    parser.add_argument("--max-member-mb", type=float, default=DataConfig.max_member_mb,
+                        help="skip (and count) samples with a member larger than this many MB, unread "
+                             "(default %(default)g, as data.max_member_mb)")
     parser.add_argument("--resample", action="store_true",
                         help="resample clips whose rate differs from the codec's (default: stop with an error)")
     return parser
@@ -238,6 +253,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--bucket-width must be >= 0, got {args.bucket_width}")
     if args.bucket_window < 1:
         parser.error(f"--bucket-window must be at least 1, got {args.bucket_window}")
+    for name in ("max_seconds", "max_member_mb"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if args.decode_threads is not None and args.decode_threads < 1:
         parser.error(f"--decode-threads must be at least 1, got {args.decode_threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -288,7 +306,7 @@ def run(args: argparse.Namespace) -> None:
                       f"equal length only", file=sys.stderr)
         threads = args.decode_threads or max(1, min(4, len(os.sched_getaffinity(0)) // env.local_world_size))
         settings = Settings(batching, batch_seconds, args.bucket_window, args.bucket_width, precision, args.resample,
-                            threads)
+                            threads, round(args.max_member_mb * 1e6))
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +315,7 @@ def run(args: argparse.Namespace) -> None:
         todo = [i for i in range(len(urls)) if i not in done]
         barrier()  # everyone has seen which shards were done before anyone writes a record
 
-        examples = AudioExamples(cfg.sample_rate, segment_seconds=None)
+        examples = AudioExamples(cfg.sample_rate, segment_seconds=None, max_seconds=args.max_seconds)
         expected = {shard["name"]: shard["samples"] for shard in manifest["shards"]} if manifest else {}
         encoder = BatchEncoder(codec, device, precision, batching, batch_seconds, args.bucket_width)
         started = time.perf_counter()

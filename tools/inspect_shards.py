@@ -1,6 +1,6 @@
 """Verify a shard set member by member, print its statistics, or render one sample.
 
-    python -m tools.inspect_shards SHARDS [--workers N] [--json REPORT.json]
+    python -m tools.inspect_shards SHARDS [--workers N] [--json REPORT.json] [--max-seconds S] [--max-member-mb MB]
     python -m tools.inspect_shards SHARDS --plot KEY --png OUT.png
     python -m tools.inspect_shards SHARDS --plot-index N --png OUT.png
 
@@ -11,10 +11,12 @@ SHARDS is a directory holding ``manifest.json`` (as written by ``data_prep.make_
 - the tar reads to its end (a truncated or corrupt tar is reported with where it failed);
 - each sample is checked with the training loader's own rules (aurora.data.members, .audio,
   .tokens): a problem whose kind is a skip reason (aurora.data.skips) is a sample the loader
-  skips for that reason, and the loader uses every other sample. The rules: the members are
-  there; ``KEY.json`` is a JSON object whose ``text``, when present, is a string and whose
-  ``duration`` and ``frames``, when present, are positive numbers; audio: ``KEY.flac`` has
-  samples and every one decodes (the loader decodes only its crops, so it skips a clip damaged
+  skips for that reason, and the loader uses every other sample. The rules: the key is no
+  absolute path and has no ``..``; the members are there, none larger than ``--max-member-mb``
+  (default: data.max_member_mb's); ``KEY.json`` is a JSON object whose ``text``, when present, is a string and whose
+  ``duration`` and ``frames``, when present, are positive numbers; audio: ``KEY.flac``'s header
+  gives a sample rate in [1, 384000] Hz, at most 8 channels and at most ``--max-seconds``
+  (default: data.max_seconds's), it has samples and every one decodes (the loader decodes only its crops, so it skips a clip damaged
   elsewhere only in the epochs whose crop meets the damage); tokens: ``KEY.codes.npy`` loads as
   int16 ``[n_q, T]``, T > 0, codes in ``[0, codebook_size)`` (n_q, codebook_size: the manifest's);
 - the json's ``duration`` (and ``sample_rate``, ``channels``, ``frames``, ``frame_rate``)
@@ -46,13 +48,13 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from aurora.data.audio import check_flac, open_flac, read_frames
-from aurora.data.config import DataError
+from aurora.data.audio import AudioExamples, check_flac, open_flac, read_frames
+from aurora.data.config import DataConfig, DataError
 from aurora.data.manifest import MANIFEST_NAME, read_manifest, resolve_shards
 from aurora.data.members import caption, is_finite_number, is_positive_number, metadata, require_members
-from aurora.data.skips import READ_ERROR, BadSample
+from aurora.data.skips import READ_ERROR, BadSample, SampleFailures
 from aurora.data.tars import read_shard
-from aurora.data.tokens import load_codes
+from aurora.data.tokens import TokenExamples, load_codes
 
 PROG = "python -m tools.inspect_shards"
 SHARDS_HELP = (f"a shard directory holding {MANIFEST_NAME} (made by `python -m data_prep.make_shards`) "
@@ -105,6 +107,8 @@ class Expect:
     n_q: int | None = None
     codebook_size: int | None = None
     frame_rate: float | None = None
+    max_seconds: float = DataConfig.max_seconds
+    max_member_mb: float = DataConfig.max_member_mb
 
 
 @dataclass
@@ -141,7 +145,7 @@ def check_audio(sample: dict, expect: Expect) -> tuple[SampleInfo, list[tuple[st
     """Verify a ``KEY.flac`` + ``KEY.json`` sample: its facts and its non-fatal problems."""
     require_members(sample, "flac", "json")
     meta = metadata(sample)
-    frames, rate, channels = check_flac(sample)
+    frames, rate, channels = check_flac(sample, expect.max_seconds)
     seconds = frames / rate
     issues = []
     if "duration" in meta and abs(meta["duration"] - seconds) > max(1.0 / rate, DURATION_TOLERANCE_S):
@@ -191,6 +195,8 @@ def token_frame_rate(meta: dict, expect: Expect) -> tuple[float | None, list[tup
 
 
 CHECKS = {"audio": check_audio, "tokens": check_tokens}
+MEMBERS = {"audio": AudioExamples.members, "tokens": TokenExamples.members}
+"""The members the loader reads, hence checks, per kind."""
 
 
 # -- one shard -----------------------------------------------------------------------------------
@@ -203,21 +209,28 @@ def read_tar(url: str, on_error: Callable[[str], None]) -> Iterator[dict]:
 def verify_shard(url: str, expect: Expect, listed: dict | None) -> ShardResult:
     """Read and check every sample of one tar; ``listed`` is its manifest.json entry (None: no manifest)."""
     result = ShardResult(os.path.basename(url))
+    failures = SampleFailures()
 
-    def on_error(detail: str) -> None:
+    def on_error(reason: str, shard: str, detail: str) -> None:
+        if reason != READ_ERROR:  # a sample not read (too_large): the loader skips it, and reads on
+            result.samples += 1
+            result.problems.append(Problem(reason, result.name, None, detail))
+            return
         where = f"after {result.samples} samples (last key {result.keys[-1]})" if result.keys else "at its start"
         result.read_failed = True
         result.problems.append(Problem(READ_ERROR, result.name, None, f"{where}: {detail}"))
 
-    for sample in read_tar(url, on_error):
+    for sample in read_shard(url, on_error, exts=MEMBERS[expect.kind], max_bytes=round(expect.max_member_mb * 1e6)):
         key = sample["__key__"]
         result.samples += 1
         result.keys.append(key)
         try:
             info, issues = CHECKS[expect.kind](sample, expect)
-        except BadSample as bad:
-            result.problems.append(Problem(bad.reason, result.name, key, bad.detail))
+        except Exception as exn:  # noqa: BLE001 - what the loader skips, as it does (aurora.data.skips)
+            reason, detail = failures.reason(exn)
+            result.problems.append(Problem(reason, result.name, key, detail))
             continue
+        failures.succeeded()
         result.problems += [Problem(kind, result.name, key, detail) for kind, detail in issues]
         result.usable += 1
         if info.seconds is not None:
@@ -468,7 +481,7 @@ def plot(urls: list[str], expect: Expect, key: str | None, index: int | None, pn
     try:
         require_members(sample, "flac", "json")
         text = caption(sample)
-        with open_flac(sample) as f:
+        with open_flac(sample, expect.max_seconds) as f:
             audio, rate = read_frames(f, sample["__key__"], 0, f.frames), f.samplerate
     except BadSample as exn:
         raise UsageError(f"cannot plot {sample['__key__']}: {exn}") from None
@@ -482,6 +495,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("shards", metavar="SHARDS", help=SHARDS_HELP)
     parser.add_argument("--workers", metavar="N", type=int, default=1, help="verify shards in N processes (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--max-seconds", metavar="S", type=float, default=DataConfig.max_seconds,
+                        help="report clips longer than this by their header as too_long, as data.max_seconds=S "
+                             "skips them (default %(default)g)")
+    parser.add_argument("--max-member-mb", metavar="MB", type=float, default=DataConfig.max_member_mb,
+                        help="report members larger than this as too_large, as data.max_member_mb=MB skips them "
+                             "(default %(default)g)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--plot", metavar="KEY", help="render the sample KEY to --png instead of verifying")
     which.add_argument("--plot-index", metavar="N", type=int, help="render the N-th sample (from 0) to --png")
@@ -489,6 +508,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    for name in ("max_seconds", "max_member_mb"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     plotting = args.plot is not None or args.plot_index is not None
     if plotting and not args.png:
         parser.error("--plot / --plot-index need --png OUT.png")
@@ -508,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         urls, manifest, problems = resolve(args.shards)
         expect = expectations(manifest, urls)
+        expect.max_seconds, expect.max_member_mb = args.max_seconds, args.max_member_mb
         if args.plot is not None or args.plot_index is not None:
             print(f"wrote {plot(urls, expect, args.plot, args.plot_index, args.png)}")
             return 0

@@ -55,3 +55,11 @@ class DataConfig:
     context_frames: int = 256
     """Tokens: codec frames per example (random crop; shorter sequences are zero-padded and
     their valid length is kept in ``lengths``)."""
+    max_seconds: float = 600.0
+    """Audio: clips that last longer by their header are skipped and counted (``too_long``)
+    before anything is decoded: a header may claim any length, and tokenizing decodes whole
+    clips into memory."""
+    max_member_mb: float = 256.0
+    """A sample member (``.flac``, ``.codes.npy``, ...) larger than this many megabytes (10^6
+    bytes) is not read: the sample is skipped and counted (``too_large``). Members a recipe does
+    not use are never read, whatever their size."""

@@ -23,7 +23,7 @@ import torch
 
 from aurora.data.members import is_finite_number, metadata, require_members
 from aurora.data.skips import BAD_JSON, IDENTICAL_PAIR, LONG_PAIR, BadSample
-from aurora.data.tokens import load_codes
+from aurora.data.tokens import codes_shape, load_codes
 
 CHOSEN, REJECTED = "chosen", "rejected"
 SIDES = (CHOSEN, REJECTED)
@@ -45,12 +45,6 @@ def ref_field(side: str) -> str:
     return f"ref_{side}_logp"
 
 
-def _side_codes(sample: dict, side: str, n_q: int, codebook_size: int | None) -> np.ndarray:
-    # load_codes reads the member "codes.npy": hand it this side's member under that name.
-    return load_codes({"__key__": f"{sample['__key__']}.{side}", "codes.npy": sample[member(side)]}, n_q,
-                      codebook_size)
-
-
 class PairExamples:
     """Turns raw pair samples into examples and batches.
 
@@ -68,21 +62,25 @@ class PairExamples:
         self.codebook_size = codebook_size
         self.reference = reference
 
+    members = (*(member(side) for side in SIDES), "json")
+    """The members read from each sample."""
+
     def seconds(self, sample: dict) -> float:
-        """The length of the pair's longer side, from the json's frame counts."""
+        """The length of the pair's longer side, from the .npy headers (the json's frame counts
+        are checked, not trusted: batches are sized by them)."""
         meta = metadata(sample)
         frames = [meta.get(frames_field(side)) for side in SIDES]
         if not all(isinstance(f, int) and f > 0 for f in frames):
             raise BadSample(BAD_JSON, f"{sample['__key__']}.json lacks positive integer chosen_frames and "
                                       f"rejected_frames: re-create the pairs with data_prep.make_pairs")
-        return max(frames) / self.frame_rate
+        return max(codes_shape(sample, self.n_q, member(side))[1] for side in SIDES) / self.frame_rate
 
     def decode(self, sample: dict, crop_rng: Callable[[], np.random.Generator] | None = None) -> dict:
         """``{"chosen", "rejected": LongTensor[n_q, T_side], "text", "key", "ref": (c, r) | None}``."""
         require_members(sample, *(member(side) for side in SIDES), "json")
         meta = metadata(sample)
         key = sample["__key__"]
-        codes = {side: _side_codes(sample, side, self.n_q, self.codebook_size) for side in SIDES}
+        codes = {side: load_codes(sample, self.n_q, self.codebook_size, member(side)) for side in SIDES}
         longest = max(c.shape[1] for c in codes.values())
         if longest > self.context_frames:
             raise BadSample(LONG_PAIR, f"{key} has a side of {longest} frames, more than data.context_frames="

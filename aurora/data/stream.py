@@ -46,7 +46,7 @@ from aurora.data.config import DataConfig, DataError
 from aurora.data.manifest import KINDS, resolve_shards
 from aurora.data.plan import EpochPlan, Ranges, normalize
 from aurora.data.shuffle import PositionShuffle
-from aurora.data.skips import READ_ERROR, BadSample, SkipCounter
+from aurora.data.skips import READ_ERROR, BadSample, SampleFailures, SkipCounter
 from aurora.data.tars import ShardReader, index_shard
 from aurora.data.pairs import PairExamples
 from aurora.data.tokens import TokenExamples
@@ -89,7 +89,7 @@ class BatchStream(IterableDataset):
 
     def __init__(self, urls: list[str], expected: dict[str, int], problems: list[tuple[str, str]],
                  plan: EpochPlan, examples, batch_size: int, buckets: DurationBuckets | None,
-                 shuffle_buffer: int, seed: int, rank: int, num_workers: int):
+                 shuffle_buffer: int, seed: int, rank: int, num_workers: int, max_member_bytes: int):
         self.urls = urls
         self.expected = expected
         """Samples per tar listed by the manifest (a tar holding fewer lost the others)."""
@@ -97,6 +97,8 @@ class BatchStream(IterableDataset):
         """(shard, detail) of tars without a manifest count that cannot be read to their end."""
         self.plan = plan
         self.examples = examples
+        self.max_member_bytes = max_member_bytes
+        """Members larger than this are not read (too_large)."""
         self.batch_size = batch_size
         self.buckets = buckets
         self.shuffle_buffer = shuffle_buffer
@@ -124,6 +126,7 @@ class _Reader:
         self.plan = stream.plan
         self.reader = reader
         self.counter = SkipCounter()
+        self.failures = SampleFailures()
         self._open: OrderedDict[int, ShardReader] = OrderedDict()
 
     # -- reading samples ------------------------------------------------------------------------
@@ -140,7 +143,7 @@ class _Reader:
         shard, number = self.plan.locate(epoch, index)
         reader = self._shard(shard)
         try:
-            return reader.sample(number)
+            return reader.sample(number, self.s.examples.members, self.s.max_member_bytes)
         except BadSample as bad:
             self.counter.add(bad.reason, reader.index.name, bad.detail)
             return bad
@@ -169,12 +172,17 @@ class _Reader:
         return self._counting(raw, lambda: self.s.examples.seconds(raw))
 
     def _counting(self, raw: dict, work):
-        """``work()``, or None when the sample turns out bad (counted)."""
+        """``work()``, or None when the sample turns out bad (counted). Any Exception counts: the
+        rules (BadSample) cannot foresee every input; ``SampleFailures`` raises the one that
+        shows the reader itself broken (failing on sample after sample)."""
         try:
-            return work()
-        except BadSample as bad:
-            self.counter.add(bad.reason, os.path.basename(raw["__url__"]), bad.detail)
+            result = work()
+        except Exception as exn:  # noqa: BLE001 - see the docstring
+            reason, detail = self.failures.reason(exn)
+            self.counter.add(reason, os.path.basename(raw["__url__"]), detail)
             return None
+        self.failures.succeeded()
+        return result
 
     # -- batching -------------------------------------------------------------------------------
     def batches(self, cursor: Cursor) -> Iterator[tuple[Cursor, dict]]:
@@ -378,29 +386,31 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
             f"(world_size x data.num_workers){unreadable}: use fewer data workers, or more (readable) data")
     dynamic = cfg.batching == "dynamic"
     if kind == "audio":
-        examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds, pad_to_longest=dynamic)
+        examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds, pad_to_longest=dynamic,
+                                 max_seconds=cfg.max_seconds)
         longest = cfg.segment_seconds
     else:
         noun, maker = _CODE_SHARDS[kind]
-        if manifest is None or not isinstance(manifest.get("n_q"), int):
-            raise DataError(f"{noun} shards {cfg.shards!r} need a manifest.json with n_q (the number of "
-                            f"codebooks): re-create them with {maker}")
+        for key, what in (("n_q", "the number of codebooks"), ("codebook_size", "the codes' bound")):
+            if manifest is None or not isinstance(manifest.get(key), int) or manifest[key] < 1:
+                raise DataError(f"{noun} shards {cfg.shards!r} need a manifest.json with {key} ({what}): "
+                                f"re-create them with {maker}")
         frame_rate = manifest.get("frame_rate")
         if dynamic and not isinstance(frame_rate, (int, float)):
             raise DataError(f"data.batching=dynamic measures {noun} examples in seconds, but {cfg.shards!r}'s "
                             f"manifest has no frame_rate: re-create the {noun} shards with {maker}")
         if kind == "tokens":
             examples = TokenExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
-                                     codebook_size=manifest.get("codebook_size"))
+                                     codebook_size=manifest["codebook_size"])
         else:
             examples = PairExamples(manifest["n_q"], cfg.context_frames, frame_rate, pad_to_longest=dynamic,
-                                    codebook_size=manifest.get("codebook_size"),
+                                    codebook_size=manifest["codebook_size"],
                                     reference=(manifest.get("reference") or {}).get("id"))
         longest = cfg.context_frames / frame_rate if dynamic else 0.0
     buckets = DurationBuckets(longest, cfg.max_seconds_per_batch, cfg.bucket_width) if dynamic else None
     plan = EpochPlan(counts, seed, readers)
     stream = BatchStream(urls, expected, problems, plan, examples, cfg.batch_size, buckets, cfg.shuffle_buffer,
-                         seed, rank, cfg.num_workers)
+                         seed, rank, cfg.num_workers, round(cfg.max_member_mb * 1e6))
     return ResumableLoader(stream, cfg.num_workers, kind, world_size, _shards_digest(urls, counts), pin_memory)
 
 
@@ -422,7 +432,8 @@ def _check(cfg: DataConfig, kind: str, rank: int, world_size: int) -> None:
             raise DataError(f"data.{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
     positive = {"batch_size": cfg.batch_size, "sample_rate": cfg.sample_rate,
                 "segment_seconds": cfg.segment_seconds, "context_frames": cfg.context_frames,
-                "max_seconds_per_batch": cfg.max_seconds_per_batch}
+                "max_seconds_per_batch": cfg.max_seconds_per_batch, "max_seconds": cfg.max_seconds,
+                "max_member_mb": cfg.max_member_mb}
     for name, value in positive.items():
         if not value > 0:
             raise DataError(f"data.{name} must be > 0, got {value}")

@@ -8,7 +8,10 @@ headers with ``tarfile`` (a seek per member; no data read) and members are read 
 
 Bad data never raises out of here as an exception the loader cannot handle: a sample that
 cannot be read is a ``BadSample`` with reason ``read_error`` (the tar is missing, not a tar,
-truncated, or holds fewer samples than its manifest lists).
+truncated, or holds fewer samples than its manifest lists), or ``too_large`` (a member the
+reader wants is larger than its cap; members it does not want are never read).
+
+Writers write shards with ``TarWriter``, which refuses the keys readers refuse.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import tarfile
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import webdataset as wds
 from webdataset.tariterators import base_plus_ext
 
-from aurora.data.skips import READ_ERROR, BadSample
+from aurora.data.members import key_problem
+from aurora.data.skips import READ_ERROR, TOO_LARGE, BadSample
 
 
 @dataclass
@@ -83,8 +88,9 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.index.samples)
 
-    def sample(self, number: int) -> dict:
-        """``{"__key__", "__url__", <ext>: bytes, ...}`` of sample ``number``, or BadSample."""
+    def sample(self, number: int, exts: tuple[str, ...] | None = None, max_bytes: int | None = None) -> dict:
+        """``{"__key__", "__url__", <ext>: bytes, ...}`` of sample ``number``, or BadSample. Only
+        the members ``exts`` (None: all) are read; one larger than ``max_bytes`` is too_large."""
         if number >= len(self.index.samples):
             readable = len(self.index.samples)
             if self.index.problem:
@@ -94,11 +100,16 @@ class ShardReader:
                     f" of the {self.expected} its manifest lists (truncated?)" if self.expected else "")
             raise BadSample(READ_ERROR, f"sample {number} is lost: {why}")
         key, members = self.index.samples[number]
+        wanted = {ext: where for ext, where in members.items() if exts is None or ext in exts}
+        for ext, (_, size) in wanted.items():
+            if max_bytes is not None and size > max_bytes:
+                raise BadSample(TOO_LARGE, f"{key}.{ext} is {size / 1e6:.1f} MB, more than data.max_member_mb="
+                                           f"{max_bytes / 1e6:g}: not read (raise the limit, or drop the sample)")
         sample = {"__key__": key, "__url__": self.index.url}
         try:
             if self._file is None:
                 self._file = open(self.index.url, "rb")
-            for ext, (offset, size) in members.items():
+            for ext, (offset, size) in wanted.items():
                 self._file.seek(offset)
                 sample[ext] = self._file.read(size)
                 if len(sample[ext]) != size:
@@ -117,19 +128,32 @@ OnError = Callable[[str, str, str], None]
 """Called as ``on_error(reason, shard_name, detail)`` for every sample that cannot be read."""
 
 
-def read_shard(url: str, on_error: OnError, expected: int | None = None) -> Iterator[dict]:
-    """Every readable sample of a tar, front to back; the others go to ``on_error``: one call
-    per sample the manifest lists but the tar lost, or (no count to lose from) one for the
-    unreadable rest of the tar."""
+def read_shard(url: str, on_error: OnError, expected: int | None = None, exts: tuple[str, ...] | None = None,
+               max_bytes: int | None = None) -> Iterator[dict]:
+    """Every readable sample of a tar, front to back (only its members ``exts``, each of at most
+    ``max_bytes``: see ``ShardReader.sample``); the others go to ``on_error``: one call per
+    sample the manifest lists but the tar lost, or (no count to lose from) one for the unreadable
+    rest of the tar."""
     reader = ShardReader(url, expected)
     listed = expected or 0
     try:
         for number in range(max(len(reader), listed)):
             try:
-                yield reader.sample(number)
+                yield reader.sample(number, exts, max_bytes)
             except BadSample as bad:
                 on_error(bad.reason, reader.index.name, bad.detail)
     finally:
         reader.close()
     if reader.index.problem and len(reader) >= listed:
         on_error(READ_ERROR, reader.index.name, reader.index.problem)
+
+
+class TarWriter(wds.TarWriter):
+    """webdataset's TarWriter, refusing (ValueError) a sample whose key readers refuse
+    (aurora.data.members.key_problem): its members would be extracted outside the tar's folder."""
+
+    def write(self, obj: dict) -> int:
+        problem = key_problem(obj["__key__"])
+        if problem:
+            raise ValueError(f"cannot write sample: {problem}")
+        return super().write(obj)

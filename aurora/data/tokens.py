@@ -16,23 +16,45 @@ from aurora.data.skips import DECODE_ERROR, EMPTY_CODES, BadSample
 _RETOKENIZE = "re-create the token shard with data_prep.tokenize"
 
 
-def load_codes(sample: dict, n_q: int | None, codebook_size: int | None) -> np.ndarray:
-    """The sample's codes, int16 ``[n_q, T]`` with T > 0 and every code in ``[0, codebook_size)``
-    (``n_q``, ``codebook_size``: the manifest's; None leaves that unchecked); BadSample
-    (missing_member, decode_error, empty_codes) otherwise."""
-    require_members(sample, "codes.npy")
-    name = f"{sample['__key__']}.codes.npy"
+def codes_shape(sample: dict, n_q: int | None, member: str = "codes.npy") -> tuple[int, int]:
+    """``(n_q, T)`` of the sample's codes member from its .npy header, without loading the
+    codes: BadSample(missing_member, decode_error) unless the header reads as int16 ``[n_q, T]``
+    (``n_q``: the manifest's; None leaves it unchecked) and the member holds exactly the bytes
+    that shape needs (a header may claim any shape: np.load would allocate it before reading),
+    BadSample(empty_codes) when T is 0."""
+    require_members(sample, member)
+    name = f"{sample['__key__']}.{member}"
+    stream = io.BytesIO(sample[member])
     try:
-        codes = np.load(io.BytesIO(sample["codes.npy"]), allow_pickle=False)
+        major, _ = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)
     except (ValueError, OSError, EOFError) as exn:
         raise _load_error(name, exn) from None
     # The format is int16, what every writer writes: another dtype is refused, not converted,
     # so that a foreign or broken writer shows up.
-    if codes.dtype != np.int16 or codes.ndim != 2 or (n_q is not None and codes.shape[0] != n_q):
+    if dtype != np.int16 or len(shape) != 2 or (n_q is not None and shape[0] != n_q):
         want = f"int16 [n_q={n_q}, T]" if n_q is not None else "int16 [n_q, T]"
-        raise BadSample(DECODE_ERROR, f"{name} is {codes.dtype} {list(codes.shape)}, not {want}: {_RETOKENIZE}")
-    if codes.shape[1] == 0:
+        raise BadSample(DECODE_ERROR, f"{name} is {dtype} {list(shape)}, not {want}: {_RETOKENIZE}")
+    data = len(sample[member]) - stream.tell()
+    if data != shape[0] * shape[1] * dtype.itemsize:
+        raise BadSample(DECODE_ERROR, f"{name}: its header says {list(shape)}, which takes "
+                                      f"{shape[0] * shape[1] * dtype.itemsize} bytes, and it holds {data}: {_RETOKENIZE}")
+    if shape[1] == 0:
         raise BadSample(EMPTY_CODES, f"{name} has no frames: drop the sample from the shard")
+    return shape
+
+
+def load_codes(sample: dict, n_q: int | None, codebook_size: int | None, member: str = "codes.npy") -> np.ndarray:
+    """The sample's codes, int16 ``[n_q, T]`` with T > 0 (``codes_shape``'s rules) and every code
+    in ``[0, codebook_size)`` (the manifest's; None checks only that none is negative);
+    BadSample(missing_member, decode_error, empty_codes) otherwise."""
+    codes_shape(sample, n_q, member)
+    name = f"{sample['__key__']}.{member}"
+    try:
+        codes = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exn:
+        raise _load_error(name, exn) from None
     # An out-of-range code would index past the model's embeddings (on a GPU: a device-side assert).
     if codes.min() < 0 or (codebook_size is not None and codes.max() >= codebook_size):
         raise BadSample(DECODE_ERROR, f"{name} holds codes in [{codes.min()}, {codes.max()}], outside "
@@ -48,10 +70,13 @@ def _load_error(name: str, exn: Exception) -> BadSample:
 class TokenExamples:
     """Turns raw token samples into ``context_frames``-long code examples and batches.
 
-    ``codebook_size`` (from the token manifest; None: unchecked) bounds the codes;
-    ``frame_rate`` (frames per second, from the token manifest) lets dynamic batching measure
-    examples in seconds; ``pad_to_longest`` pads a batch to its longest example.
+    ``codebook_size`` (from the token manifest; None: unchecked) bounds the codes; ``frame_rate`` (frames per
+    second, from the token manifest) lets dynamic batching measure examples in seconds;
+    ``pad_to_longest`` pads a batch to its longest example.
     """
+
+    members = ("codes.npy", "json")
+    """The members read from each sample."""
 
     def __init__(self, n_q: int, context_frames: int, frame_rate: float | None = None,
                  pad_to_longest: bool = False, codebook_size: int | None = None):
@@ -62,19 +87,10 @@ class TokenExamples:
         self.pad_to_longest = pad_to_longest
 
     def seconds(self, sample: dict) -> float:
-        """The length of the example ``decode`` would make, from the json's ``frames`` (or the
-        .npy header), without loading the codes."""
-        frames = metadata(sample).get("frames")
-        if frames is None:
-            require_members(sample, "codes.npy")
-            try:
-                stream = io.BytesIO(sample["codes.npy"])
-                major, _ = np.lib.format.read_magic(stream)
-                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                frames = read_header(stream)[0][-1]
-            except (ValueError, IndexError) as exn:
-                raise _load_error(f"{sample['__key__']}.codes.npy", exn) from None
-        return min(frames, self.context_frames) / self.frame_rate
+        """The length of the example ``decode`` would make, from the .npy header (the json's
+        ``frames`` is checked, not trusted: batches are sized by it), without loading the codes."""
+        metadata(sample)
+        return min(codes_shape(sample, self.n_q)[1], self.context_frames) / self.frame_rate
 
     def decode(self, sample: dict, crop_rng: Callable[[], np.random.Generator]) -> dict:
         """A ``{"codes": LongTensor[n_q, T'], "text", "key"}`` example, T' <= context_frames."""

@@ -189,7 +189,7 @@ def test_resume_reads_only_the_shuffle_buffer_again(shards, monkeypatch):
     resumed = resumed_after(config(shards), "audio", 0, 5)
     reads, decodes = [], []
     sample, decode = ShardReader.sample, AudioExamples.decode
-    monkeypatch.setattr(ShardReader, "sample", lambda self, n: reads.append(n) or sample(self, n))
+    monkeypatch.setattr(ShardReader, "sample", lambda self, n, *a: reads.append(n) or sample(self, n, *a))
     monkeypatch.setattr(AudioExamples, "decode", lambda self, *a: decodes.append(1) or decode(self, *a))
     take(resumed, 1)
     # The 7 samples held in the 8-sample buffer, then one new sample per draw of the batch.
