@@ -29,7 +29,7 @@ def codes_shape(sample: dict, n_q: int | None, member: str = "codes.npy") -> tup
         major, _ = np.lib.format.read_magic(stream)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(stream)
-    except (ValueError, OSError, EOFError) as exn:
+    except Exception as exn:  # noqa: BLE001 - numpy parses the header with ast and tokenize, which raise many kinds
         raise _load_error(name, exn) from None
     # The format is int16, what every writer writes: another dtype is refused, not converted,
     # so that a foreign or broken writer shows up.

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from aurora.data import DataConfig, DataError, build_loader
 from aurora.data.audio import AudioExamples
 from aurora.data.manifest import write_manifest
-from aurora.data.skips import BAD_JSON, DECODE_ERROR, EMPTY_AUDIO, EMPTY_CODES, MISSING_MEMBER
+from aurora.data.skips import (BAD_JSON, BAD_KEY, BAD_SAMPLE_RATE, DECODE_ERROR, EMPTY_AUDIO, EMPTY_CODES,
+                               MISSING_MEMBER, TOO_LONG)
 from aurora.data.tars import ShardReader
 from data_prep import make_shards, synth
 from tools.inspect_shards import main as inspect_shards
@@ -419,6 +420,28 @@ def no_samples() -> bytes:
     return buffer.getvalue()
 
 
+def wav_at(rate: int) -> bytes:
+    """A 244-byte WAV (100 frames) whose header says ``rate`` Hz (patched: soundfile writes no such rate)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(100, np.float32), 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[24:32] = np.array([rate, 2 * rate], "<u4").tobytes()  # the fmt chunk's rate and byte rate
+    return bytes(data)
+
+
+def silence_flac(seconds: float, rate: int = 1000) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(round(seconds * rate), np.float32), rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def npy_claiming(shape: tuple) -> bytes:
+    """A .npy header of int16 ``shape`` followed by 64 bytes of data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<i2", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -460,6 +483,15 @@ def audio_rule_cases() -> tuple[list, list]:
         ("flac_cut", {"flac": second[: len(second) // 2], "json": b"{}"}, DECODE_ERROR),
         ("flac_damaged_inside", {"flac": damaged_inside(second), "json": b"{}"}, DECODE_ERROR),
         ("flac_no_samples", {"flac": no_samples(), "json": b"{}"}, EMPTY_AUDIO),
+        # Issue 21: inputs that escaped the rules (RecursionError, ValueError, OverflowError, a
+        # rate no resampler builds a filter for), and keys that point outside the tar's folder.
+        ("json_nested", {"flac": tone, "json": b"[" * 50_000 + b"]" * 50_000}, BAD_JSON),
+        ("json_long_int", {"flac": tone, "json": b'{"duration": ' + b"1" * 5000 + b"}"}, BAD_JSON),
+        ("duration_huge", {"flac": tone, "json": meta(duration=10**400)}, BAD_JSON),
+        ("rate_too_high", {"flac": wav_at(2**31 - 1), "json": b"{}"}, BAD_SAMPLE_RATE),
+        ("too_long", {"flac": silence_flac(700.0), "json": b"{}"}, TOO_LONG),  # data.max_seconds=600
+        ("../escape", {"flac": tone, "json": b"{}"}, BAD_KEY),
+        ("/abs/key", {"flac": tone, "json": b"{}"}, BAD_KEY),
     ]
     return valid, bad
 
@@ -478,6 +510,11 @@ def token_rule_cases() -> tuple[list, list]:
     out_of_range[2, 5] = CODEBOOK
     negative = codes_of(10)
     negative[0, 0] = -1
+
+    def planted(code: int) -> np.ndarray:
+        codes = codes_of(10)
+        codes[1, 3] = code
+        return codes
     bad = [
         ("no_codes", {"json": meta(frames=10)}, MISSING_MEMBER),
         ("no_json", {"codes.npy": npy(codes_of(10))}, MISSING_MEMBER),
@@ -490,6 +527,11 @@ def token_rule_cases() -> tuple[list, list]:
         ("code_too_big", {"codes.npy": npy(out_of_range), "json": b"{}"}, DECODE_ERROR),
         ("code_negative", {"codes.npy": npy(negative), "json": b"{}"}, DECODE_ERROR),
         ("no_frames", {"codes.npy": npy(codes_of(0)), "json": b"{}"}, EMPTY_CODES),
+        ("code_30000", {"codes.npy": npy(planted(30000)), "json": b"{}"}, DECODE_ERROR),
+        ("code_minus_5", {"codes.npy": npy(planted(-5)), "json": b"{}"}, DECODE_ERROR),
+        ("shape_lies", {"codes.npy": npy_claiming((N_Q, 2**40)), "json": b"{}"}, DECODE_ERROR),  # 8 TiB
+        ("data_cut", {"codes.npy": npy(codes_of(10))[:-2], "json": b"{}"}, DECODE_ERROR),
+        ("json_nested", {"codes.npy": npy(codes_of(10)), "json": b'{"a":' * 50_000 + b"0" + b"}" * 50_000}, BAD_JSON),
     ]
     return valid, bad
 

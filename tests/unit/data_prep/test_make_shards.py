@@ -527,3 +527,18 @@ def test_bad_arguments_are_usage_errors(corpus, tmp_path, capsys, argv, message)
     argv = [a.format(c=corpus, empty=tmp_path / "empty") for a in argv]
     expect_usage_error(capsys, [*argv, "--out", tmp_path / "shards"], message)
     assert not list((tmp_path / "shards").glob("*.tar"))
+
+
+def test_listing_lines_that_break_the_json_parser_are_bad_entries(tmp_path):
+    """Issue 21: nesting 50,000 deep (RecursionError), 5,000 digits (ValueError) and a span that
+    overflows a float were tracebacks; each is its line's bad_entry, and the job goes on."""
+    sf.write(tmp_path / "a.wav", tone(0.5), RATE)
+    lines = [b'{"path": "a.wav", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+             b'{"path": "a.wav", "start": ' + b"1" * 5000 + b"}",
+             b'{"path": "a.wav", "start": 1e308}',
+             b'{"path": "a.wav", "end": ' + b"1" + b"0" * 400 + b"}",
+             b'{"path": "a.wav", "text": "kept"}']
+    (tmp_path / "metadata.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    run("--manifest", tmp_path / "metadata.jsonl", "--out", tmp_path / "shards")
+    assert [(s["line"], s["reason"]) for s in skipped_of(tmp_path / "shards")] == [(n, "bad_entry") for n in (1, 2, 3, 4)]
+    assert [m["text"] for m, _, _ in samples_of(tmp_path / "shards").values()] == ["kept"]

@@ -179,3 +179,31 @@ def test_resample_flag_accepts_another_rate(audio_shards, tmp_path, capsys):
     tokenize.main(["--shards", str(audio_shards), "--codec", str(codec_24k), "--out", str(out), "--resample"])
     manifest = read_manifest(out)
     assert manifest["sample_rate"] == 24000 and manifest["num_samples"] == 24 and manifest["settings"]["resample"]
+
+
+def test_keys_leaving_the_folder_and_clips_too_long_are_skipped_not_written(codec_dir, tmp_path):
+    """Issue 21: tokenize wrote a source key ``../x`` back as a member name; and it decodes whole
+    clips, so their length is checked on the header first (--max-seconds)."""
+    import io
+
+    import soundfile as sf
+    import webdataset as wds
+
+    from aurora.data.manifest import write_manifest
+    from tests.helpers.tokens import token_samples
+
+    def flac(seconds):
+        buffer = io.BytesIO()
+        sf.write(buffer, 0.1 * np.sin(np.arange(round(seconds * 16000)) / 9.0), 16000, format="FLAC")
+        return buffer.getvalue()
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "shard-000000.tar")) as writer:
+        for key, seconds in (("good", 0.3), ("../escape", 0.3), ("long", 2.0)):
+            writer.write({"__key__": key, "flac": flac(seconds), "json": b'{"text": "t"}'})
+    write_manifest(shards, "audio", [{"name": "shard-000000.tar", "samples": 3, "seconds": 2.6}], 16000)
+    out = tmp_path / "tokens"
+    tokenize.main(["--shards", str(shards), "--codec", str(codec_dir), "--out", str(out), "--max-seconds", "1"])
+    assert list(token_samples(out / "shard-000000.tar")) == ["good"]
+    assert read_manifest(out)["skipped"] == {"bad_key": 1, "too_long": 1}
