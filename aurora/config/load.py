@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from aurora.config.schema import MOVED_KEYS
@@ -97,7 +97,10 @@ def load_config(schema: type, path: str | Path, overrides: list[str] = ()) -> An
         if missing:
             names = ", ".join(f"'{key}'" for key in missing)
             raise ConfigError(f"config: {names} required but not set (add to the YAML or pass {missing[0]}=...)")
-        return OmegaConf.to_object(cfg)
+        interpolations = _interpolations(cfg, OmegaConf.to_container(cfg, resolve=False))
+        obj = OmegaConf.to_object(cfg)
+        vars(obj)[_INTERPOLATIONS] = interpolations
+        return obj
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
@@ -106,6 +109,36 @@ def load_config(schema: type, path: str | Path, overrides: list[str] = ()) -> An
         raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
 
 
+_INTERPOLATIONS = "_aurora_interpolations"
+"""The attribute of a loaded config that holds its interpolations (``_interpolations``)."""
+
+
+def _interpolations(node: Any, raw: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> what was written, for every value of ``node`` given as an interpolation
+    (``${oc.env:TOKEN}``, ``${run.dir}/x``); ``raw`` is ``node`` unresolved. A list holding one is
+    taken whole."""
+    found = {}
+    for key in raw.keys() if isinstance(raw, dict) else range(len(raw)):
+        dotted, value = f"{prefix}{key}", raw[key]
+        if OmegaConf.is_interpolation(node, key):
+            found[dotted] = value
+        elif isinstance(value, dict):
+            found.update(_interpolations(node[key], value, f"{dotted}."))
+        elif isinstance(value, list) and _interpolations(node[key], value):
+            found[dotted] = value
+    return found
+
+
+def saved_config(cfg: Any) -> DictConfig:
+    """``cfg`` as a run records it (RUN/config.yaml, wandb's config): resolved, except the values
+    given as interpolations, which stay as written, so that a secret read from the environment
+    (``${oc.env:TOKEN}``) is never persisted. A reader of RUN/config.yaml resolves them again."""
+    saved = OmegaConf.structured(cfg)
+    for key, value in getattr(cfg, _INTERPOLATIONS, {}).items():
+        OmegaConf.update(saved, key, value, merge=False)
+    return saved
+
+
 def to_yaml(cfg: Any) -> str:
-    """The resolved config as YAML, as written to RUN/config.yaml."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML, as written to RUN/config.yaml (``saved_config``)."""
+    return OmegaConf.to_yaml(saved_config(cfg))

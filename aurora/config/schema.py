@@ -11,6 +11,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from aurora.data.config import DataConfig
+from aurora.ranges import check_ranges, ranged
 
 
 class EngineName(str, Enum):
@@ -67,35 +68,35 @@ class RunConfig:
 
 @dataclass
 class TrainerConfig:
-    max_steps: int = 100
+    max_steps: int = ranged(100, 0)
     """Optimizer steps to train for (the run is step-based; the data stream is infinite)."""
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = ranged(1, 1)
     """Micro-batches per optimizer step; gradients are synchronised only on the last one."""
-    clip_grad_value: Optional[float] = None
+    clip_grad_value: Optional[float] = ranged(None, above=0)
     """Clamp every gradient element to [-v, v] before norm clipping; null disables it."""
-    clip_grad_norm: Optional[float] = 1.0
+    clip_grad_norm: Optional[float] = ranged(1.0, above=0)
     """Rescale gradients to at most this global L2 norm; null disables clipping (the norm is
     still computed and logged)."""
-    checkpoint_every: int = 50
+    checkpoint_every: int = ranged(50, 1)
     """Save a checkpoint every N steps (and always at the last step)."""
-    log_every: int = 1
+    log_every: int = ranged(1, 1)
     """Write a metrics line every N steps."""
     progress_bar: bool = True
     """Show a tqdm progress bar on rank 0."""
     record_sample_keys: bool = False
     """Append the keys of the samples each rank trains on to RUN/sample_keys/rank_NNNNN.jsonl
     (one ``{"step", "keys"}`` line per step): an audit of data order across resumes."""
-    keep_last_n: Optional[int] = None
+    keep_last_n: Optional[int] = ranged(None, 1)
     """Keep only the newest N complete checkpoints (older ones are deleted after a new one is
     complete); null keeps them all."""
     async_checkpoint: bool = False
     """Write checkpoints in a background thread (``dcp.async_save``): the loop stalls only to
     copy the state to CPU memory. The checkpoint becomes ``latest`` once written, seen at a later
     step boundary; each save waits for the one before."""
-    max_bad_steps: int = 20
+    max_bad_steps: int = ranged(20, 1)
     """Stop the run after this many consecutive non-finite steps (each is skipped on every
     rank), with a checkpoint of the last good weights and exit code 3."""
-    hang_timeout_s: Optional[float] = 1800.0
+    hang_timeout_s: Optional[float] = ranged(1800.0, above=0)
     """A rank that completes no step (or checkpoint) for this long dumps every thread's stack
     and exits with code 124, so the launcher restarts the job; null disables the watchdog. The
     clock starts at the first step a process completes (loader start-up and warm-up are not
@@ -106,10 +107,10 @@ class TrainerConfig:
     one, as it does on a CPU either way. Costs speed on a GPU (flash attention's backward and
     cuDNN's fastest kernels are not deterministic); an operator with no deterministic kernel
     stops the run with torch's error naming it. Without it, runs on a GPU agree to rounding."""
-    eval_every: int = 0
+    eval_every: int = ranged(0, 0)
     """Every N steps, rank 0 computes the loss on ``data.eval_shards`` from the checkpoint just
     written (a multiple of ``checkpoint_every``); 0 disables evaluation."""
-    eval_batches: int = 8
+    eval_batches: int = ranged(8, 1)
     """Batches of ``data.eval_shards`` per evaluation (always the same ones)."""
 
 
@@ -118,37 +119,33 @@ class OptimConfig:
     name: OptimizerName = OptimizerName.adamw
     """adamw, or sgd (with ``momentum``; its update is linear in the gradient, which makes
     model averaging across nodes every step equal plain data parallelism)."""
-    lr: float = 3e-4
+    lr: float = ranged(3e-4, 0)
     """Peak learning rate."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     """AdamW betas."""
-    momentum: float = 0.0
+    momentum: float = ranged(0.0, 0, 1)
     """SGD momentum."""
-    weight_decay: float = 0.1
+    weight_decay: float = ranged(0.1, 0)
     """Weight decay of matrices (decoupled in AdamW, L2 in SGD); norms and biases get none."""
-    eps: float = 1e-8
+    eps: float = ranged(1e-8, above=0)
     """AdamW epsilon."""
-    warmup_steps: int = 0
+    warmup_steps: int = ranged(0, 0)
     """Linear warm-up from 0 to lr over this many steps."""
     schedule: LRSchedule = LRSchedule.cosine
     """What follows warm-up: cosine (decay to lr * min_lr_ratio over decay_steps) or
     exponential (lr * gamma ** steps since warm-up, as torch's ExponentialLR; GAN codecs)."""
-    decay_steps: Optional[int] = None
+    decay_steps: Optional[int] = ranged(None, 1)
     """cosine: length of the decay that follows warm-up, in steps; null means
     trainer.max_steps. Set it explicitly when a run is extended, so the schedule is stable."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = ranged(0.1, 0, 1)
     """cosine: the decay ends at lr * min_lr_ratio and stays there."""
-    gamma: float = 0.999996
+    gamma: float = ranged(0.999996, above=0, high=1)
     """exponential: LR multiplier per optimizer step (DAC's 0.999996 halves it in ~173k steps)."""
-
-    def __post_init__(self):
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"optim.gamma must be in (0, 1], got {self.gamma}")
 
 
 @dataclass
 class DDPConfig:
-    bucket_cap_mb: float = 100.0
+    bucket_cap_mb: float = ranged(100.0, above=0)
     """Gradient bucket size in MiB. Larger buckets mean fewer, bigger all-reduces; torch's
     25 MiB default is tuned for small models."""
 
@@ -158,17 +155,13 @@ class FSDPConfig:
     reshard_after_forward: bool = True
     """Free gathered parameters after forward (ZeRO-3 style, less memory) or keep them until
     backward (ZeRO-2 style, less communication)."""
-    prefetch: int = 0
+    prefetch: int = ranged(0, 0)
     """Blocks whose parameter all-gather is issued ahead of use, in forward and in backward
     (explicit prefetching); 0 keeps FSDP2's implicit prefetching."""
     hsdp: bool = False
     """Hybrid sharding on a (replicate, shard) mesh: parameters sharded over the GPUs of one
     node, replicated across nodes (gradients reduce-scattered in the node, all-reduced across
     nodes)."""
-
-    def __post_init__(self):
-        if self.prefetch < 0:
-            raise ValueError(f"engine.fsdp.prefetch must be >= 0, got {self.prefetch}")
 
 
 @dataclass
@@ -239,19 +232,15 @@ class SyncConfig:
     """flat: every step synchronises gradients over all ranks. hierarchical: gradients are
     synchronised inside each node every step, parameters averaged across nodes every
     ``outer_every`` steps (local SGD / DiLoCo), so inter-node links carry one exchange per K steps."""
-    outer_every: int = 8
+    outer_every: int = ranged(8, 1)
     """hierarchical: steps between two cross-node parameter averages."""
     outer_optimizer: OuterOptimizer = OuterOptimizer.average
     """hierarchical: average (plain model averaging) or nesterov (DiLoCo: SGD with Nesterov
     momentum on the averaged change since the last outer step)."""
-    outer_lr: float = 0.7
+    outer_lr: float = ranged(0.7, above=0)
     """hierarchical, nesterov: outer learning rate."""
-    outer_momentum: float = 0.9
+    outer_momentum: float = ranged(0.9, 0, 1)
     """hierarchical, nesterov: outer momentum."""
-
-    def __post_init__(self):
-        if self.outer_every < 1:
-            raise ValueError(f"sync.outer_every must be >= 1, got {self.outer_every}")
 
 
 @dataclass
@@ -259,7 +248,7 @@ class DistConfig:
     backend: Backend = Backend.auto
     """Collective backend: auto picks nccl when CUDA is available, else gloo. gloo keeps every
     tensor on the CPU (the job trains on the CPU, also where GPUs exist)."""
-    timeout_s: int = 2400
+    timeout_s: int = ranged(2400, 1)
     """Timeout of every collective, in seconds. Longer than ``trainer.hang_timeout_s``, so a
     hang is reported by the watchdog (with every thread's stack) before a collective times out."""
 
@@ -289,6 +278,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
+        check_ranges(self)  # first: the checks below divide by some of them
         hang = self.trainer.hang_timeout_s
         if hang is not None and hang >= self.dist.timeout_s:
             raise ValueError(f"trainer.hang_timeout_s ({hang:g}) must be shorter than dist.timeout_s "

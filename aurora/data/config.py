@@ -5,6 +5,8 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+from aurora.ranges import ranged
+
 
 class DataError(ValueError):
     """A data setting, shard set or loader state that cannot be used; the message says what to do.
@@ -26,7 +28,7 @@ class DataConfig:
     """``fixed``: ``batch_size`` examples per micro-batch, each cropped/padded to
     ``segment_seconds``. ``dynamic``: clips of similar length are batched together up to
     ``max_seconds_per_batch`` of padded audio (or tokens' seconds), so the batch size varies."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, 1, 65536)
     """Examples per rank per micro-batch (``batching=fixed``)."""
     max_seconds_per_batch: float = 32.0
     """``batching=dynamic``: padded seconds per rank per micro-batch (examples x the longest of
@@ -52,7 +54,7 @@ class DataConfig:
     """Audio: length of the random crop per example (with ``batching=dynamic``: the longest
     example; longer clips are cropped); shorter clips are zero-padded and their valid length is
     kept in ``lengths``."""
-    context_frames: int = 256
+    context_frames: int = ranged(256, 1, 2**20)
     """Tokens: codec frames per example (random crop; shorter sequences are zero-padded and
     their valid length is kept in ``lengths``)."""
     max_seconds: float = 600.0

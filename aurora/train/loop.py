@@ -33,6 +33,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from aurora.config import TrainConfig, to_yaml
+from aurora.config.load import saved_config
 from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
 from aurora.distributed import DistEnv, all_reduce_named, all_reduce_sum, barrier
@@ -456,7 +457,7 @@ class Trainer:
                 for path in [self.run_dir / "metrics.jsonl", *(self.run_dir / KEYS_DIR).glob("rank_*.jsonl")]:
                     _truncate_log(path, self.step)
             barrier()
-        logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(OmegaConf.structured(self.cfg)),
+        logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(saved_config(self.cfg)),
                                self.env.is_main, self.step, cfg.max_steps, cfg.progress_bar, self.nonfatal)
         data_iter = iter(self.loader)
         with self.preemption, HangWatchdog(cfg.hang_timeout_s, self.env.rank) as watchdog:

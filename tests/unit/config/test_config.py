@@ -142,3 +142,55 @@ def test_every_shipped_config_loads_and_dpo_configs_have_their_lm_shapes():
         lm = asdict(loaded[Path("configs/lm") / path.name].model)
         dpo = asdict(cfg.model)
         assert {k: dpo[k] for k in lm if k not in TRAINING_ONLY} == {k: v for k, v in lm.items() if k not in TRAINING_ONLY}, path
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("trainer.checkpoint_every=0", ">= 1"),  # each was a ZeroDivisionError after step 1
+    ("trainer.log_every=0", ">= 1"),
+    ("trainer.grad_accum_steps=0", ">= 1"),
+    ("trainer.grad_accum_steps=-2", ">= 1"),
+    ("trainer.max_steps=-1", ">= 0"),
+    ("trainer.keep_last_n=0", ">= 1"),
+    ("trainer.max_bad_steps=0", ">= 1"),
+    ("trainer.hang_timeout_s=0", "> 0"),
+    ("trainer.hang_timeout_s=-5", "> 0"),
+    ("optim.lr=nan", ">= 0"),
+    ("optim.lr=-0.001", ">= 0"),
+    ("optim.lr=inf", ">= 0"),
+    ("optim.gamma=1.5", "in (0, 1]"),
+    ("data.batch_size=1000000000000", "in [1, 65536]"),
+    ("data.context_frames=1000000000", "in [1, 1048576]"),  # 256 GB in collate
+])
+def test_values_that_cannot_work_are_refused_naming_the_field_and_its_range(override, allowed):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError) as err:
+        load_config(LMTrainConfig, "configs/lm/tiny.yaml", ["run.dir=x", override])
+    assert str(err.value).startswith(f"config: {key} must be {allowed}, got ")
+    assert "\n" not in str(err.value)
+
+
+def test_a_range_names_the_section_it_was_found_in():
+    """OptimConfig is also the discriminator's (gan.optim): the message names that one."""
+    with pytest.raises(ConfigError, match=r"^config: gan.optim.lr must be >= 0, got -2.0"):
+        load_config(CodecTrainConfig, "configs/codec/tiny.yaml", ["run.dir=x", "gan.optim.lr=-2"])
+
+
+def test_interpolations_are_resolved_for_the_run_and_saved_unresolved(tmp_path, monkeypatch):
+    """A secret read from the environment is used, never written into RUN/config.yaml or wandb's config."""
+    from omegaconf import OmegaConf
+
+    from aurora.config.load import saved_config
+
+    monkeypatch.setenv("AURORA_TEST_TOKEN", "s3cr3t")
+    cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml", [
+        f"run.dir={tmp_path}", "logging.wandb_project=${oc.env:AURORA_TEST_TOKEN}",
+        "data.shards=https://host/${oc.env:AURORA_TEST_TOKEN}/shard-{0..3}.tar", "generation.prompts=[a,'${run.dir}']"])
+    assert cfg.logging.wandb_project == "s3cr3t" and cfg.data.shards == "https://host/s3cr3t/shard-{0..3}.tar"
+    assert cfg.generation.prompts == ["a", str(tmp_path)]
+    saved = to_yaml(cfg)
+    assert "s3cr3t" not in saved and "s3cr3t" not in str(OmegaConf.to_container(saved_config(cfg)))
+    assert "wandb_project: ${oc.env:AURORA_TEST_TOKEN}" in saved and "- ${run.dir}" in saved
+    (tmp_path / "config.yaml").write_text(saved)
+    again = load_config(LMTrainConfig, tmp_path / "config.yaml")  # a reader of the run resolves them again
+    assert (again.logging.wandb_project, again.data.shards, again.generation.prompts) == (
+        cfg.logging.wandb_project, cfg.data.shards, cfg.generation.prompts)
