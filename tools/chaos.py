@@ -59,6 +59,7 @@ import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from aurora.runs import resolve_checkpoint
+from aurora.train.faults import SWITCH as FAULTS
 from data_prep.synth_tokens import write_token_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -421,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     chaos = start_job("chaos", args, shards, chaos_port,
-                      {"MAX_RESTARTS": str(args.kills + 1), "AURORA_FAULT_STEP_DELAY_S": str(args.step_delay)})
+                      {"MAX_RESTARTS": str(args.kills + 1), FAULTS: "1",
+                       "AURORA_FAULT_STEP_DELAY_S": str(args.step_delay)})
     faults: list[Fault] = []
     rc = supervise(chaos, lambda: run_chaos(chaos, args, faults))
     final_step = chaos.last_step()

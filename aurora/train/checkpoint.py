@@ -5,7 +5,7 @@ The layout of ``RUN/checkpoints`` and its reading outside training are ``aurora.
 
 A save is written into ``step_N.tmp``; once every rank's files are written, the main rank
 renames it to ``step_N`` and only then moves ``latest`` (itself replaced atomically), and only
-then deletes checkpoints beyond ``keep_last_n``. A crash at any point leaves ``latest`` on a
+then deletes the checkpoints older than it beyond ``keep_last_n``. A crash at any point leaves ``latest`` on a
 complete checkpoint. The per-rank files hold what only fits that rank (RNG states, recipe
 state); ``shared.pt`` holds what every rank of a resumed job may need from all the saving ranks
 (each one's data stream position, for an elastic resume on another world size).
@@ -230,7 +230,11 @@ class Checkpointer:
         pointer_tmp.write_text(final.name + "\n")
         os.replace(pointer_tmp, self.dir / LATEST)
         if self.keep_last_n:
-            for old in complete_checkpoints(self.dir)[:-self.keep_last_n]:
+            # Only saves older than this one go: a higher-numbered checkpoint (``latest`` was
+            # rolled back past it) is another timeline's, and this save is the one ``latest`` names.
+            found = complete_checkpoints(self.dir)
+            older = found[:found.index(final)]
+            for old in older[:max(0, len(older) - (self.keep_last_n - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _latest_name(self) -> str:

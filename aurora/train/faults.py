@@ -1,6 +1,8 @@
 """Test hooks that inject faults at named points of a run, read from the environment.
 
-Unset in normal runs: then every hook is a no-op. Step lists are ``"3,5"`` (optimizer steps 3
+They are read only under the test switch ``AURORA_FAULT_INJECTION=1``; without it (every
+production run) every hook is a no-op, whatever ``AURORA_FAULT_*`` variables the environment
+holds. A malformed value is a one-line ValueError naming the variable. Step lists are ``"3,5"`` (optimizer steps 3
 and 5 on every rank) or ``"3@1"`` (step 3, rank 1 only). Hooks that end or stall a process fire
 only in a job's first attempt (torchrun's ``TORCHELASTIC_RESTART_COUNT`` is 0), so the restarted
 job can show that it recovers.
@@ -29,16 +31,33 @@ from pathlib import Path
 import torch
 
 
+SWITCH = "AURORA_FAULT_INJECTION"
+"""Set to 1 (tests, tools.chaos) to enable the hooks."""
+
+
+def _setting(variable: str) -> str:
+    """The value of a fault variable, or "" when unset or when faults are not enabled."""
+    return os.environ.get(variable, "") if os.environ.get(SWITCH) == "1" else ""
+
+
 def _first_attempt() -> bool:
     return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
 
+def _number(variable: str, text: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{variable}: {text!r} is not {what} (the formats are in aurora/train/faults.py)") from None
+
+
 def _steps_for_rank(variable: str, rank: int) -> set[int]:
     steps = set()
-    for item in filter(None, os.environ.get(variable, "").split(",")):
+    for item in filter(None, _setting(variable).split(",")):
         step, _, only_rank = item.partition("@")
-        if not only_rank or int(only_rank) == rank:
-            steps.add(int(step))
+        if not only_rank or _number(variable, only_rank, int) == rank:
+            steps.add(_number(variable, step, int))
     return steps
 
 
@@ -50,7 +69,7 @@ def maybe_poison_loss(loss: torch.Tensor, step: int, rank: int) -> torch.Tensor:
 
 def after_step(step: int, rank: int) -> None:
     """Faults that strike a rank between optimizer steps."""
-    delay = float(os.environ.get("AURORA_FAULT_STEP_DELAY_S", "0"))
+    delay = _number("AURORA_FAULT_STEP_DELAY_S", _setting("AURORA_FAULT_STEP_DELAY_S") or "0", float)
     if delay:
         time.sleep(delay)
     if not _first_attempt():
@@ -63,22 +82,22 @@ def after_step(step: int, rank: int) -> None:
 
 
 def maybe_raise(point: str, step: int) -> None:
-    for item in os.environ.get("AURORA_FAULT_RAISE", "").split(","):
+    for item in _setting("AURORA_FAULT_RAISE").split(","):
         if item == point or item == f"{point}@{step}":
             raise RuntimeError(f"fault injected at {item} (AURORA_FAULT_RAISE)")
 
 
 def check_disk_quota(checkpoints_dir: Path) -> None:
     """Raise ENOSPC, as a full disk would, when the checkpoints would outgrow the test quota."""
-    quota = os.environ.get("AURORA_FAULT_DISK_QUOTA_BYTES")
-    if quota is None:
+    quota = _setting("AURORA_FAULT_DISK_QUOTA_BYTES")
+    if not quota:
         return
     sizes = {}
     for step_dir in checkpoints_dir.glob("step_*"):
         sizes[step_dir.name] = sum(f.stat().st_size for f in step_dir.rglob("*") if f.is_file())
     complete = [size for name, size in sizes.items() if not name.endswith(".tmp")]
     one_more = max(complete, default=0)
-    if sum(sizes.values()) + one_more > int(quota):
+    if sum(sizes.values()) + one_more > _number("AURORA_FAULT_DISK_QUOTA_BYTES", quota, int):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(checkpoints_dir))
 
 

@@ -24,6 +24,8 @@ failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``p
 
 import dataclasses
 import json
+import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -86,11 +88,23 @@ KEYS_DIR = "sample_keys"
 
 
 def _truncate_log(path: Path, last_step: int) -> None:
-    """Drop the JSON lines of a log written after the checkpoint we resume from: they come again."""
+    """Drop the JSON lines of a log written after the checkpoint we resume from (they come
+    again) and the lines that do not parse (one a kill cut short). The log is replaced whole
+    (temporary file, then rename), so a crash here leaves the old one."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept, torn = [], 0
+    for line in path.read_bytes().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (ValueError, LookupError, TypeError):  # not JSON, not UTF-8, no step, not a number
+            torn += line.strip() != b""
+    if torn:
+        print(f"aurora: dropped {torn} unreadable line(s) of {path} (a write cut short)", file=sys.stderr, flush=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+    os.replace(tmp, path)
 
 
 @dataclasses.dataclass

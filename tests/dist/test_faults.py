@@ -4,6 +4,7 @@ wandb, evaluation), non-finite losses. Each ends with what matters: nothing lost
 weights, the weights of an uninterrupted run. Faults that end processes are
 tests/e2e/test_fault_injection.py's."""
 
+from aurora.train.faults import SWITCH as FAULTS
 from tests.helpers.runs import STRAIGHT_STEPS as STEPS, assert_same_weights, cli, lm_train_args, read_metrics, weights
 
 
@@ -11,7 +12,7 @@ def job(pool, run_dir, shards, *overrides, env, exit_code=0):
     """The ``lm_straight`` job (same config and steps) in ``run_dir`` with fault hooks ``env``;
     every rank must end with ``exit_code``."""
     results = pool.run(cli, *lm_train_args(run_dir, shards, STEPS, "trainer.checkpoint_every=2", *overrides),
-                       env=env)
+                       env={FAULTS: "1", **env})
     assert [r.value for r in results] == [exit_code] * pool.world, [r.output[-3000:] for r in results]
     return results
 

@@ -2,6 +2,7 @@
 
 import torch
 
+from aurora.train.faults import SWITCH as FAULTS
 from tests.helpers.runs import LM_SMALL, cli, read_metrics, weights
 
 
@@ -10,7 +11,7 @@ def test_nan_loss_on_one_rank_skips_everywhere(tmp_path, token_shards, pool2):
     overrides = [o for o in LM_SMALL if not o.startswith("trainer.checkpoint_every")]
     results = pool2.run(cli, "train", "configs/lm/tiny.yaml", f"run.dir={run}", f"data.shards={token_shards}",
                         "trainer.max_steps=5", "trainer.checkpoint_every=1", "engine.name=fsdp", *overrides,
-                        env={"AURORA_FAULT_NAN_LOSS": "3@1"})
+                        env={FAULTS: "1", "AURORA_FAULT_NAN_LOSS": "3@1"})
     assert [r.value for r in results] == [0, 0]
     metrics = {m["step"]: m for m in read_metrics(run)}
     assert [metrics[s]["skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 1, 1]

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from aurora.train.faults import SWITCH as FAULTS
 from tests.helpers.runs import (REPO, STRAIGHT_STEPS as STEPS, assert_same_weights, cli, free_port, lm_train_args,
                                 read_metrics, weights)
 
@@ -24,7 +25,7 @@ from tests.helpers.runs import (REPO, STRAIGHT_STEPS as STEPS, assert_same_weigh
 def _launch_env(max_restarts: int, fault_env: dict | None, nproc: int = 2) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable,
             "NPROC": str(nproc), "MAX_RESTARTS": str(max_restarts), "MASTER_PORT": str(free_port()),
-            "RDZV_ID": f"test{os.getpid()}", **(fault_env or {})}
+            "RDZV_ID": f"test{os.getpid()}", FAULTS: "1", **(fault_env or {})}
 
 
 def _command(run_dir, shards, overrides) -> list[str]:

@@ -56,3 +56,23 @@ def test_loading_a_checkpoint_without_its_shared_state_says_what_to_do(tmp_path)
     checkpointer = Checkpointer(tmp_path, env=None, nonfatal=NonFatal(0))
     with pytest.raises(FileNotFoundError, match="lacks its rank_.*shared.pt files: .* resume from an earlier"):
         checkpointer.load(path, {})
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_pruning_keeps_the_save_just_made_and_any_higher_numbered_checkpoint(tmp_path, keep):
+    """``latest`` was rolled back to step 3 with step 10 still on disk: saving step 4 prunes
+    only steps before 4, so ``latest`` names the save just made and a resume takes it."""
+    from types import SimpleNamespace
+
+    from aurora.train.checkpoint import Checkpointer
+    from aurora.train.nonfatal import NonFatal
+
+    for step in (2, 3, 10):
+        _checkpoint(tmp_path, f"step_{step:08d}")
+    _point(tmp_path, "step_00000003")
+    _checkpoint(tmp_path, "step_00000004.tmp")
+    checkpointer = Checkpointer(tmp_path, env=SimpleNamespace(is_main=True), nonfatal=NonFatal(0), keep_last_n=keep)
+    checkpointer._finalize(4)
+    left = [p.name for p in complete_checkpoints(tmp_path / "checkpoints")]
+    assert left == ["step_00000003", "step_00000004", "step_00000010"][2 - keep:]
+    assert resolve_checkpoint(tmp_path).name == "step_00000004"
