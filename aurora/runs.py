@@ -69,6 +69,19 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
 
 
+def _pointed(checkpoints: Path, pointer: Path) -> Path:
+    """The directory ``pointer`` names, which must be a ``step_N`` directly inside
+    ``checkpoints`` (a symlink out of it too is refused): a run is read only inside its own
+    directory."""
+    name = pointer.read_text().strip()
+    named = checkpoints / name
+    if _STEP_DIR.fullmatch(name) is None or named.resolve().parent != checkpoints.resolve():
+        raise ValueError(f"{pointer} names {name[:200]!r}, which is not a checkpoint directory inside {checkpoints} "
+                         f"(aurora writes a step_N name there): write the name of one of its checkpoints into it, "
+                         f"or delete it to resume from the newest complete one")
+    return named
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A complete checkpoint directory, given either one or a run directory: the one ``latest``
     names, or, when that pointer is missing or names an incomplete directory, the newest
@@ -79,7 +92,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     checkpoints = path / "checkpoints"
     pointer = checkpoints / LATEST
     if pointer.is_file():
-        named = checkpoints / pointer.read_text().strip()
+        named = _pointed(checkpoints, pointer)
         if is_complete(named):
             return named
     found = complete_checkpoints(checkpoints)

@@ -76,3 +76,16 @@ def test_pruning_keeps_the_save_just_made_and_any_higher_numbered_checkpoint(tmp
     left = [p.name for p in complete_checkpoints(tmp_path / "checkpoints")]
     assert left == ["step_00000003", "step_00000004", "step_00000010"][2 - keep:]
     assert resolve_checkpoint(tmp_path).name == "step_00000004"
+
+
+@pytest.mark.parametrize("name", ["../../elsewhere/checkpoints/step_00000005", "{outside}/step_00000005", "step_00000005/../..",
+                                  "link_step"])
+def test_latest_must_name_a_checkpoint_inside_checkpoints(tmp_path, name):
+    outside = _checkpoint(tmp_path / "elsewhere", "step_00000005").parent  # complete, but another run's
+    _checkpoint(tmp_path / "run", "step_00000002")
+    if name == "link_step":
+        name = "step_00000007"
+        (tmp_path / "run" / "checkpoints" / name).symlink_to(outside / "step_00000005")
+    _point(tmp_path / "run", name.format(outside=outside))
+    with pytest.raises(ValueError, match="which is not a checkpoint directory inside .*delete it to resume"):
+        resolve_checkpoint(tmp_path / "run")
