@@ -27,6 +27,7 @@ each time.
 
 import errno
 import os
+import pickle
 import shutil
 import sys
 from concurrent.futures import Future
@@ -263,7 +264,15 @@ class Checkpointer:
             raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
                                     f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
         dcp.load(app_state, checkpoint_id=path)
-        # On the CPU whatever device saved them (a GPU index another node may not have); the
-        # loop places what it restores.
-        rank_state = torch.load(rank_file(path, self.env.rank % saved), map_location="cpu", weights_only=False)
-        return rank_state, torch.load(path / SHARED_FILE, map_location="cpu", weights_only=False)
+        return _load_plain(rank_file(path, self.env.rank % saved)), _load_plain(path / SHARED_FILE)
+
+
+def _load_plain(path: Path):
+    """A rank or shared file: tensors and plain values only (``weights_only``: no pickled object
+    runs code), on the CPU whatever device saved them (a GPU index another node may not have)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f"{path} holds more than tensors and plain values, which aurora's trainer never writes "
+                           f"(since the numpy RNG state is stored as a tensor): it was written by an older aurora "
+                           f"or altered; resume from another checkpoint. ({str(e).splitlines()[0]})") from None
