@@ -3,7 +3,8 @@ reference every distributed test compares against a single process.
 
 Every run, whatever its world size, engine or accumulation, sees the same global batch per
 step: ``GLOBAL_BATCH`` examples generated from a fixed seed, each rank taking its contiguous
-slice, cut into ``trainer.grad_accum_steps`` micro-batches. ``fixed_batch_steps`` runs on every
+slice, cut into ``trainer.grad_accum_steps`` micro-batches. Token examples have unequal
+lengths (padding beyond them holds random codes, which must not count). ``fixed_batch_steps`` runs on every
 rank of a pool (or one process) and returns, on rank 0, the per-step losses and metrics, the
 gradients of the first step and the final parameters (all as full tensors; an extra part's,
 such as a GAN's discriminator, named ``<part>.<parameter>``), with every collective the rank
@@ -62,7 +63,10 @@ def global_batches(kind: str, cfg, step: int) -> dict:
     if kind == "tokens":
         frames = cfg.data.context_frames
         codes = torch.randint(0, cfg.model.codebook_size, (GLOBAL_BATCH, cfg.model.n_q, frames), generator=g)
-        return {"codes": codes, "lengths": torch.full((GLOBAL_BATCH,), frames), "text": texts, "keys": keys}
+        # Unequal lengths: ranks and micro-batches hold different numbers of valid frames, so only
+        # weighting each micro-batch by its valid units gives the single process's mean.
+        lengths = torch.randint(frames // 2, frames + 1, (GLOBAL_BATCH,), generator=g)
+        return {"codes": codes, "lengths": lengths, "text": texts, "keys": keys}
     samples = round(cfg.data.segment_seconds * cfg.data.sample_rate)
     t = torch.arange(samples) / cfg.data.sample_rate
     freqs = 200 + 600 * torch.rand(GLOBAL_BATCH, 1, 1, generator=g)
