@@ -8,6 +8,7 @@ from aurora.config import ConfigError, load_config, peek_task
 from aurora.data import DataError
 from aurora.distributed.error_file import record_atomically
 from aurora.generation import add_generate_parser
+from aurora.train.run_lock import RunDirBusy, RunLock
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -22,7 +23,8 @@ def _train(args: argparse.Namespace) -> None:
     with deterministic_kernels(cfg.trainer.deterministic):
         env = init_distributed(cfg.dist)
         try:
-            Trainer(cfg, task_cls, env).fit()
+            with RunLock(cfg.run.dir, env.is_main):  # one job per run directory
+                Trainer(cfg, task_cls, env).fit()
         except RunStopped as stop:
             if env.is_main:
                 print(f"aurora: {stop}", file=sys.stderr, flush=True)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        # Bad input (config, shard paths, manifests): one clear line, no traceback.
+    except (ConfigError, DataError, FileNotFoundError, RunDirBusy) as e:
+        # Bad input (config, shard paths, manifests, a run.dir in use): one clear line, no traceback.
         print(f"aurora: error: {e}", file=sys.stderr)
         sys.exit(2)

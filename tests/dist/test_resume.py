@@ -5,6 +5,7 @@ world size, and refuses ZeRO-3 clearly."""
 import pytest
 import torch
 
+from aurora.train.run_lock import RunLock
 from tests.helpers.runs import (CODEC_SMALL_GAN, LM_SMALL_MODEL, STRAIGHT_STEPS, assert_same_weights, cli,
                                 lm_train_args, read_metrics, weights)
 from tests.helpers.steps import fixed_batch_steps
@@ -28,10 +29,15 @@ def _assert_resumed_like_straight(straight, resumed) -> None:
 
 
 def test_fsdp_resume_is_bit_identical(tmp_path, token_shards, lm_straight, pool2):
-    """Stopped at step 4 and resumed to 8: the shared straight run's (FSDP) weights and metrics."""
+    """Stopped at step 4 and resumed to 8: the shared straight run's (FSDP) weights and metrics.
+    Between the two, while another job holds the run directory, a job on it is refused."""
     resumed = tmp_path / "resumed"
     _train(pool2, resumed, token_shards, 4)
     assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    with RunLock(resumed, is_main=True):  # free: the job released it when it ended (its ranks live on)
+        refused = pool2.run(cli, *lm_train_args(resumed, token_shards, STRAIGHT_STEPS))
+    assert [r.value for r in refused] == [2, 2]
+    assert all(f"run.dir={resumed} is in use by another job (host " in r.output for r in refused)
     assert "resumed from" in _train(pool2, resumed, token_shards, STRAIGHT_STEPS)
     assert (resumed / "checkpoints" / "latest").read_text().strip() == f"step_{STRAIGHT_STEPS:08d}"
     _assert_resumed_like_straight(lm_straight, resumed)

@@ -1,6 +1,7 @@
 """``aurora train`` with bad input: one clear line on stderr naming what is wrong, exit code 2,
 no traceback. Run in this process, as ``aurora.cli.main``."""
 
+import os
 from types import SimpleNamespace
 
 from tests.helpers.runs import cli
@@ -47,3 +48,14 @@ def test_codebook_mismatch_with_token_shards(capsys, tmp_path, token_shards):
                     "model.n_q=8")
     assert result.returncode == 2
     assert "model.n_q=8" in result.stderr and "n_q=4" in result.stderr
+
+
+def test_a_run_dir_in_use_by_another_job(capsys, tmp_path):
+    from aurora.train.run_lock import RunLock
+
+    with RunLock(tmp_path, is_main=True):
+        result = _error(capsys, "configs/lm/tiny.yaml", f"run.dir={tmp_path}", "data.shards=x")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert f"run.dir={tmp_path} is in use by another job (host " in line and f"pid {os.getpid()})" in line
+    assert not (tmp_path / "config.yaml").exists()
