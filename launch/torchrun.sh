@@ -5,13 +5,16 @@
 #
 # Environment (all optional):
 #   NPROC          processes on this node (default: the GPU count, else 1)
-#   NNODES         node count, or MIN:MAX for an elastic job that goes on with fewer nodes (default 1)
+#   NNODES         node count, or MIN:MAX for an elastic job that goes on with fewer nodes (default 1).
+#                  One node (1 or 1:1) runs torchrun --standalone: a rendezvous of its own on a free
+#                  port of this host, under a generated id (MASTER_ADDR, MASTER_PORT, RDZV_ID unused)
 #   MAX_RESTARTS   times the agent restarts the worker group after a failure (default 3)
-#   MASTER_ADDR    host of the rendezvous store: the first node (default 127.0.0.1)
-#   MASTER_PORT    its port (default 29500)
-#   RDZV_ID        job id shared by all nodes (default $SLURM_JOB_ID, else "aurora")
+#   MASTER_ADDR    several nodes: host of the rendezvous store, the first node (required)
+#   MASTER_PORT    several nodes: its port (default 29500)
+#   RDZV_ID        several nodes: job id, the same on every node and new for every job (default
+#                  $SLURM_JOB_ID; required outside slurm)
 #   RDZV_CONF      rendezvous settings, e.g. join_timeout=900,last_call_timeout=30 (torchrun's --rdzv-conf)
-#   LOG_DIR        per-rank logs and @record error files, LOG_DIR/<RDZV_ID>_<random>/attempt_N/<local rank>/
+#   LOG_DIR        per-rank logs and @record error files, LOG_DIR/<rendezvous id>_<random>/attempt_N/<local rank>/
 #                  (one such directory per launch of this script; default: none)
 #   PYTHON         interpreter (default: python)
 #
@@ -25,16 +28,30 @@ set -uo pipefail
 NPROC=${NPROC:-$( (command -v nvidia-smi >/dev/null && nvidia-smi -L | wc -l) || echo 1)}
 NNODES=${NNODES:-1}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-MASTER_PORT=${MASTER_PORT:-29500}
-RDZV_ID=${RDZV_ID:-${SLURM_JOB_ID:-aurora}}
 PYTHON=${PYTHON:-python}
 # A fresh store for the workers of every restart. The shared rendezvous store outlives restarts
 # and keeps the last attempt's process-group keys; a restarted rank could read a dead peer's
 # address from them (gloo "connectFullMesh failed ... Connection refused").
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 
-options=()
+# A job never joins another's rendezvous: on one node a fixed port and id would make a second job
+# on this host a client of the first one's store, and part of its rendezvous.
+if [[ "$NNODES" == 1 || "$NNODES" == 1:1 ]]; then
+  options=(--standalone)
+else
+  if [[ -z "${MASTER_ADDR:-}" ]]; then
+    echo "launch/torchrun.sh: NNODES=$NNODES needs MASTER_ADDR, the host of the first node (the same on every" \
+         "node); for a job on this node alone use NNODES=1" >&2
+    exit 2
+  fi
+  RDZV_ID=${RDZV_ID:-${SLURM_JOB_ID:-}}
+  if [[ -z "$RDZV_ID" ]]; then
+    echo "launch/torchrun.sh: NNODES=$NNODES needs RDZV_ID, an id for this job that is the same on every node" \
+         "and new for every job (e.g. RDZV_ID=lm-\$(date +%s) once, passed to all nodes)" >&2
+    exit 2
+  fi
+  options=(--rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv-id "$RDZV_ID")
+fi
 if [[ -n "${LOG_DIR:-}" ]]; then
   options+=(--log-dir "$LOG_DIR" --redirects 3 --tee 3)
 fi
@@ -46,7 +63,6 @@ fi
 # too: slurm's --signal reaches the agent itself, not only this script).
 "$PYTHON" -m torch.distributed.run \
   --nnodes "$NNODES" --nproc-per-node "$NPROC" --max-restarts "$MAX_RESTARTS" \
-  --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RDZV_ID" \
   --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
   "${options[@]}" -m aurora "$@" &
 child=$!

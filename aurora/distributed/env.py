@@ -4,7 +4,9 @@ This is the only module that reads rank/world/node variables. Single-process run
 launcher) get a world of one and still a real process group, so the engines run one path.
 """
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -112,10 +114,34 @@ def init_distributed(cfg: DistConfig) -> DistEnv:
             os.environ.setdefault("RANK", str(launch["rank"]))
             os.environ.setdefault("WORLD_SIZE", str(launch["world_size"]))
             dist.init_process_group(
-                backend, timeout=timeout, device_id=device if device.type == "cuda" else None
+                backend, store=_job_store(launch, timeout), rank=launch["rank"], world_size=launch["world_size"],
+                timeout=timeout, device_id=device if device.type == "cuda" else None
             )
         _created[:] = [dist.group.WORLD]
     return DistEnv(device=device, backend=backend, **launch)
+
+
+def _job_store(launch: dict, timeout: timedelta) -> dist.TCPStore | None:
+    """The job's TCPStore at MASTER_ADDR:MASTER_PORT, hosted by rank 0 and listening on that
+    address alone (torch's own ``env://`` store listens on every interface; a socket bound here is
+    handed to it). It listens on every interface when MASTER_ADDR resolves to a loopback address
+    on a job of several nodes (a hosts-file alias such as Debian's 127.0.1.1, which the other nodes
+    resolve otherwise). None under torchrun's shared agent store (``TORCHELASTIC_USE_AGENT_STORE``):
+    the agent hosts the store there, and ``env://`` joins it."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return None
+    host, port, world = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), launch["world_size"]
+    if launch["rank"] != 0:
+        return dist.TCPStore(host, port, world, is_master=False, timeout=timeout, multi_tenant=True)
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if ipaddress.ip_address(address[0]).is_loopback and launch["num_nodes"] > 1:
+        return dist.TCPStore(host, port, world, is_master=True, timeout=timeout, multi_tenant=True)
+    listener = socket.socket(family, kind, proto)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(address)
+    listener.listen()
+    return dist.TCPStore(host, port, world, is_master=True, timeout=timeout, multi_tenant=True,
+                         master_listen_fd=listener.detach())  # the store owns the socket from here
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

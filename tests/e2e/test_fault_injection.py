@@ -71,7 +71,8 @@ def test_a_lost_node_shrinks_the_job_and_the_loss_goes_on(tmp_path, token_shards
     four, shrunk = tmp_path / "four", tmp_path / "shrunk"
     args = lm_train_args(four, token_shards, STEPS, "trainer.checkpoint_every=2")
     assert [r.value for r in pool2x2.run(cli, *args)] == [0] * 4
-    env = {**_launch_env(1, {"AURORA_FAULT_STEP_DELAY_S": "0.3"}), "NNODES": "1:2", "RDZV_CONF": "last_call_timeout=1"}
+    env = {**_launch_env(1, {"AURORA_FAULT_STEP_DELAY_S": "0.3"}), "NNODES": "1:2", "MASTER_ADDR": "127.0.0.1",
+           "RDZV_CONF": "last_call_timeout=1"}
     nodes = []
     for _ in range(2):  # the first hosts the rendezvous store: it is the one that survives
         nodes.append(subprocess.Popen(_command(shrunk, token_shards, []), cwd=REPO, env=env, stdout=subprocess.PIPE,

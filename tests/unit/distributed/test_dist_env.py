@@ -65,3 +65,34 @@ def test_more_ranks_than_gpus_is_refused_with_what_to_do(clean_env):
         pick_device(Backend.nccl, 0, 4, 2)
     with pytest.raises(RuntimeError, match="dist.backend=nccl needs CUDA devices"):
         pick_device(Backend.nccl, 0, 1, 0)
+
+
+def _listening(port: int) -> list[str]:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of the sockets listening on ``port``."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in open(table).read().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                found.append(local.rsplit(":", 1)[0])
+    return found
+
+
+def test_the_job_store_listens_on_the_rendezvous_address_alone(clean_env):
+    """torch's env:// store listens on every interface (``::``); the job's listens on MASTER_ADDR's."""
+    import torch.distributed as dist
+
+    from aurora.config.schema import DistConfig
+    from aurora.distributed import init_distributed, shutdown
+    from tests.helpers.runs import free_port
+
+    port = free_port()
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        clean_env.setenv(name, value)
+    clean_env.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    init_distributed(DistConfig())
+    try:
+        assert _listening(port) == ["0100007F"]  # 127.0.0.1
+        dist.barrier()
+    finally:
+        shutdown()

@@ -1,0 +1,56 @@
+"""launch/torchrun.sh's rendezvous settings, run with a stand-in interpreter that prints the
+torchrun command line it was given (nothing is launched)."""
+
+import os
+import subprocess
+
+import pytest
+
+from tests.helpers.runs import REPO
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+printf '%s\\n' "$@"
+"""
+
+
+def _launch(tmp_path, **env) -> subprocess.CompletedProcess:
+    fake = tmp_path / "python"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RDZV_ID", "SLURM_JOB_ID")}
+    return subprocess.run(["bash", "launch/torchrun.sh", "train", "configs/lm/tiny.yaml"], cwd=REPO,
+                          env={**base, "PYTHON": str(fake), "NPROC": "2", **env}, capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.parametrize("nnodes", ["1", "1:1"])
+def test_one_node_has_a_rendezvous_of_its_own(tmp_path, nnodes):
+    """--standalone: a free port and a generated id, whatever MASTER_PORT or RDZV_ID say, so a
+    second job on the host never joins the first one's rendezvous."""
+    result = _launch(tmp_path, NNODES=nnodes, MASTER_PORT="29500", RDZV_ID="aurora")
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert "--standalone" in args
+    assert not {"--rdzv-endpoint", "--rdzv-id", "--rdzv-backend"} & set(args)
+    assert args[args.index("--nnodes") + 1] == nnodes
+
+
+def test_several_nodes_meet_at_master_addr_under_the_slurm_job_id(tmp_path):
+    result = _launch(tmp_path, NNODES="2:4", MASTER_ADDR="node01", SLURM_JOB_ID="4242")
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert "--standalone" not in args
+    assert args[args.index("--rdzv-endpoint") + 1] == "node01:29500"
+    assert args[args.index("--rdzv-id") + 1] == "4242"
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"NNODES": "2"}, "NNODES=2 needs MASTER_ADDR"),
+    ({"NNODES": "2:4", "RDZV_ID": "lm-7"}, "NNODES=2:4 needs MASTER_ADDR"),
+    ({"NNODES": "2", "MASTER_ADDR": "node01"}, "NNODES=2 needs RDZV_ID"),
+])
+def test_several_nodes_without_an_address_or_a_job_id_are_refused(tmp_path, env, expected):
+    result = _launch(tmp_path, **env)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"launch/torchrun.sh: {expected}")
