@@ -1,7 +1,7 @@
 """Chaos test: SIGKILL training workers mid-run and check that the job recovers to the very
 weights an uninterrupted run ends with.
 
-    python -m tools.chaos [--out /tmp/aurora-chaos] [--nproc 2] [--steps 40] [--kills 3]
+    python -m tools.chaos [--out DIR] [--nproc 2] [--steps 40] [--kills 3]
                           [--seed 0] [--step-delay 0.25] [--shards DIR] [-- extra overrides]
 
 Two runs of the tiny LM (configs/lm/tiny.yaml, shrunk further as in tests/dist/test_resume.py) go
@@ -370,7 +370,8 @@ def summary(faults: list[Fault], args: argparse.Namespace, rc: int | None, final
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.chaos", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/aurora-chaos"))
+    parser.add_argument("--out", type=Path, help="where the runs go (default: a new temporary directory; a fixed "
+                        "path in /tmp could be planted by another user with checkpoints this tool loads)")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=4)
@@ -381,7 +382,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds each job may take")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for both runs (after --)")
     args = parser.parse_args(argv)
-    args.out = args.out.resolve()  # the jobs run in the repository root
+    args.out = (args.out or Path(tempfile.mkdtemp(prefix="aurora-chaos-"))).resolve()  # the jobs run in the repo root
     args.shards = args.shards and args.shards.resolve()
     return args
 

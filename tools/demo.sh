@@ -14,7 +14,16 @@ fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 TORCHRUN=(torchrun --standalone --nproc-per-node "$NPROC")
 
+# Start afresh, deleting only a directory this script made (it holds the marker file).
+MARKER="$OUT/.aurora-demo"
+if [[ -e "$OUT" && ! -e "$MARKER" && -n "$(ls -A "$OUT" 2>/dev/null || echo "$OUT")" ]]; then
+  echo "tools/demo.sh: $OUT exists and was not made by the demo (no $MARKER); not deleting it: move it" \
+       "away or set AURORA_DEMO_DIR to another directory" >&2
+  exit 2
+fi
 rm -rf "$OUT"
+mkdir -p "$OUT"
+touch "$MARKER"
 echo "== 1/5 demo corpus ($CLIPS clips)"
 python -m data_prep.synth --out "$OUT/corpus" --num-clips "$CLIPS"
 echo "== 2/5 audio shards"
@@ -23,7 +32,8 @@ echo "== 3/5 codec ($CODEC_STEPS steps, $NPROC processes)"
 "${TORCHRUN[@]}" -m aurora train configs/codec/tiny.yaml run.dir="$OUT/codec" data.shards="$OUT/shards" \
   trainer.max_steps="$CODEC_STEPS" trainer.checkpoint_every="$CKPT"
 echo "== 4/5 tokenize"
-"${TORCHRUN[@]}" -m data_prep.tokenize --shards "$OUT/shards" --codec "$OUT/codec" --out "$OUT/tokens"
+# --trust-checkpoint: $OUT/codec is the run this script just trained (docs/reliability.md, the trust boundary).
+"${TORCHRUN[@]}" -m data_prep.tokenize --shards "$OUT/shards" --codec "$OUT/codec" --trust-checkpoint --out "$OUT/tokens"
 echo "== 5/5 audio LM ($LM_STEPS steps, $NPROC processes)"
 "${TORCHRUN[@]}" -m aurora train configs/lm/tiny.yaml run.dir="$OUT/lm" data.shards="$OUT/tokens" \
   trainer.max_steps="$LM_STEPS" trainer.checkpoint_every="$CKPT"

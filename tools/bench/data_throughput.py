@@ -384,7 +384,7 @@ def print_report(result: dict) -> None:
         print("(the issue's reference run uses 2 h of audio: add --hours 2)")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=float, default=0.5, help="hours of audio in the corpus (default 0.5)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="worker counts W to run (default 1)")
@@ -397,13 +397,18 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true",
                         help="evict the corpus from the page cache before each measurement (reads from disk)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "aurora-bench-data",
-                        help="where the generated corpus is cached (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, help="where the generated corpus is cached (default: a new "
+                        "temporary directory, not a fixed path in /tmp that another user could fill)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.hours <= 0 or args.repeats < 1 or min(args.workers) < 1:
         parser.error("need --hours > 0, --repeats >= 1 and --workers >= 1")
+    args.data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="aurora-bench-data-"))
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     data = corpus(args.data_dir, args.hours, args.seed)
     warm_page_cache(data.tars + data.wavs)
     runs: dict[int, dict[str, list[Run]]] = {w: {m: [] for m in METHODS} for w in args.workers}
