@@ -7,6 +7,7 @@ import sys
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data import DataError
 from aurora.distributed.error_file import record_atomically
+from aurora.exported import ModelLoadError
 from aurora.generation import add_generate_parser
 from aurora.train.run_lock import RunDirBusy, RunLock
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, RunDirBusy) as e:
-        # Bad input (config, shard paths, manifests, a run.dir in use): one clear line, no traceback.
+    except (ConfigError, DataError, FileNotFoundError, RunDirBusy, ModelLoadError) as e:
+        # Bad input (config, shard paths, manifests, a run.dir in use, models): one clear line, no traceback.
         print(f"aurora: error: {e}", file=sys.stderr)
         sys.exit(2)

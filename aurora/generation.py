@@ -1,15 +1,20 @@
 """Sampling clips from a trained audio LM run: ``aurora generate`` and the end-of-training samples.
 
-    aurora generate RUN --caption "a low tone" [--caption ...] | --captions FILE
+    aurora generate LM --caption "a low tone" [--caption ...] | --captions FILE
                     [--num-samples N] --out DIR [--cfg-scale 3] [--temperature 1] [--top-k 50]
                     [--top-p 1] [--max-seconds 2] [--seed 0] [--step N] [--batch-size 8]
+                    [--trust-checkpoint]
+
+LM is an exported LM (``export_lm``: ``model.safetensors`` + ``config.json``, its codec in
+``codec/``) or, with ``--trust-checkpoint`` only, an LM training run (a run's checkpoint files
+are pickles, which can run code when read: ``aurora.exported``).
 
 Prompt i (each caption repeated ``--num-samples`` times, in order) is sampled with its own
 generator seeded ``seed + i``, and prompts are batched in that order, ``--batch-size`` at a time;
 under torchrun rank r takes batches r, r + world, ... So any launch writes the same files as one
 process, and ``--seed S+i`` with prompt i's caption alone reproduces sample i. The LM has no
-end token: every clip is ``--max-seconds`` long. Tokens decode with the codec named in the token
-shards' manifest (the one that made them).
+end token: every clip is ``--max-seconds`` long. Tokens decode with the LM's codec: an export's
+``codec/``, or the one a run's token shards' manifest names (the one that made them).
 
 Output in DIR: ``sample_{i:05d}.flac``, ``sample_{i:05d}.codes.npy`` (int16 [n_q, frames]) and
 ``samples.jsonl`` (one line per sample: files, caption, seed, frames and the settings).
@@ -24,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch import nn
 
 from aurora.config import ConfigError, load_config, peek_task
 from aurora.data.manifest import resolve_shards
-from aurora.models.audio_lm import AudioLM, encode_text
+from aurora.exported import ModelKind, ModelLoadError, export_model, is_exported, load_model, read_config, run_of
+from aurora.models.audio_lm import AudioLM, AudioLMConfig, encode_text
 from aurora.precision import bf16_autocast
-from aurora.runs import load_model_weights, step_dirname
 
 
 @dataclass
@@ -46,30 +52,58 @@ class SamplingSettings:
     """Classifier-free guidance: 1 conditional, 0 unconditional, > 1 guided."""
 
 
-class LMSampler:
-    """An LM run's model and the codec of its tokens, on ``device`` (bf16 autocast on a GPU)."""
+def _lm_run_config(run: Path) -> AudioLMConfig:
+    try:
+        return load_lm_config(run).model
+    except (ConfigError, FileNotFoundError) as e:
+        raise ModelLoadError(str(e)) from None
 
-    def __init__(self, run_dir: str | Path, device: torch.device, step: int | None = None):
+
+LM = ModelKind("audio_lm", AudioLMConfig, AudioLM, lambda lm: lm.config, _lm_run_config)
+LM_CODEC_DIR = "codec"
+"""The sub-folder of an exported LM holding the codec of its tokens."""
+
+
+def export_lm(lm: AudioLM, codec: nn.Module, out_dir: str | Path) -> None:
+    """An exported LM folder (``aurora.exported``), its codec in ``codec/``: all that sampling needs."""
+    from aurora.tasks.codec.load import CODEC
+
+    export_model(lm, LM, out_dir, beside={LM_CODEC_DIR: (codec, CODEC)})
+
+
+def lm_codec_dir(path: Path) -> Path:
+    """The exported codec of the LM at ``path``: an export's ``codec/``, or the one its run's
+    token shards' manifest names (read ``path`` only once trusted: ``aurora.exported``)."""
+    if is_exported(path):
+        return path / LM_CODEC_DIR
+    run = load_lm_config(run_of(path))
+    _, manifest = resolve_shards(run.data.shards)
+    if manifest is None or not manifest.get("codec"):
+        raise ConfigError(f"{path} trained on {run.data.shards}, whose manifest names no codec to decode "
+                          "its tokens with: tokenize the audio with data_prep.tokenize, which records the codec")
+    return Path(run.data.shards) / manifest["codec"]
+
+
+class LMSampler:
+    """An LM (``aurora.exported.load_model``: an export, or a run only if ``trust``) and the codec
+    of its tokens, on ``device`` (bf16 autocast on a GPU)."""
+
+    def __init__(self, path: str | Path, device: torch.device, step: int | None = None, *, trust: bool,
+                 what: str = "LM"):
         from aurora.tasks.codec.load import load_codec
 
-        run_dir = Path(run_dir)
-        self.cfg = load_lm_config(run_dir)
-        _, manifest = resolve_shards(self.cfg.data.shards)
-        if manifest is None or not manifest.get("codec"):
-            raise ConfigError(f"{run_dir} trained on {self.cfg.data.shards}, whose manifest names no codec to decode "
-                              "its tokens with: tokenize the audio with data_prep.tokenize, which records the codec")
-        self.frame_rate = manifest["frame_rate"]
-        checkpoint = run_dir / "checkpoints" / step_dirname(step) if step is not None else run_dir
-        self.lm = AudioLM(self.cfg.model)
-        self.checkpoint = load_model_weights(self.lm, checkpoint)
-        self.lm.to(device).eval()
-        self.codec = load_codec(Path(self.cfg.data.shards) / manifest["codec"]).codec.to(device)
+        loaded = load_model(path, LM, trust=trust, what=what, step=step)
+        self.config: AudioLMConfig = loaded.config
+        self.checkpoint = loaded.checkpoint or Path(path)
+        self.lm = loaded.model.to(device).eval()
+        self.codec = load_codec(lm_codec_dir(Path(path)), what=f"{what}'s codec").codec.to(device)
+        self.frame_rate = self.codec.cfg.frame_rate
         self.device = device
 
     def text_tokens(self, captions: list[str]) -> torch.Tensor:
         """Captions as the LM's text tokens; one too long for ``model.max_text_len`` is refused."""
-        check_captions(captions, self.cfg.model.max_text_len)
-        return encode_text(captions, self.cfg.model.max_text_len).to(self.device)
+        check_captions(captions, self.config.max_text_len)
+        return encode_text(captions, self.config.max_text_len).to(self.device)
 
     @torch.no_grad()
     def sample(self, captions: list[str], seeds: list[int], settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,8 +210,9 @@ def _captions(args: argparse.Namespace) -> list[str]:
 
 
 def add_generate_parser(commands) -> None:
-    gen = commands.add_parser("generate", help="sample audio from an LM run")
-    gen.add_argument("run", type=Path, help="an LM training run directory")
+    gen = commands.add_parser("generate", help="sample audio from an LM")
+    gen.add_argument("run", type=Path, metavar="LM",
+                     help="an exported LM folder, or (with --trust-checkpoint) an LM training run directory")
     gen.add_argument("--caption", action="append", help="a caption to sample (repeatable)")
     gen.add_argument("--captions", type=Path, help="a file of captions, one per line")
     gen.add_argument("--num-samples", type=int, default=1, help="samples per caption")
@@ -191,6 +226,9 @@ def add_generate_parser(commands) -> None:
     gen.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + i")
     gen.add_argument("--step", type=int, help="the checkpoint of this step (default: the latest)")
     gen.add_argument("--batch-size", type=int, default=8, help="prompts sampled together")
+    gen.add_argument("--trust-checkpoint", action="store_true",
+                     help="read LM even if it is a training run: its checkpoint files are pickles, which can run "
+                          "code; only for runs you made or trust")
     gen.set_defaults(func=generate_command)
 
 
@@ -200,11 +238,12 @@ def generate_command(args: argparse.Namespace) -> None:
 
     captions = _captions(args)
     settings = SamplingSettings(args.max_seconds, args.temperature, args.top_k, args.top_p, args.cfg_scale)
-    # A wrong run or caption is refused before any process group forms.
-    check_captions(captions, load_lm_config(args.run).model.max_text_len)
+    # A wrong or untrusted LM or caption is refused before any process group forms.
+    config = read_config(args.run, LM, trust=args.trust_checkpoint, what="LM")
+    check_captions(captions, config.max_text_len)
     env = init_distributed(DistConfig())
     try:
-        sampler = LMSampler(args.run, env.device, args.step)
+        sampler = LMSampler(args.run, env.device, args.step, trust=args.trust_checkpoint)
         records = write_samples(sampler, captions, args.seed, settings, args.out, args.batch_size, env.rank,
                                 env.world_size)
         write_rank_records(args.out, records, env.rank, env.world_size)

@@ -1,10 +1,13 @@
-"""An LM run + prompt token shards -> preference-pair shards (aurora.data.pairs), resumable, on any
+"""An LM + prompt token shards -> preference-pair shards (aurora.data.pairs), resumable, on any
 number of ranks.
 
-    torchrun --nproc-per-node 8 -m data_prep.make_pairs --lm RUN --prompts TOKENS --out PAIRS
+    torchrun --nproc-per-node 8 -m data_prep.make_pairs --lm LM --prompts TOKENS --out PAIRS
         [--mode golden|ranked] [--reward caption_match|mel_distance] [--num-candidates 4]
         [--min-margin 0] [--seconds 2] [--cfg-scale 1] [--temperature 1] [--top-k 50] [--top-p 1]
-        [--seed 0] [--step N] [--batch-size 8] [--device cpu|cuda]
+        [--seed 0] [--step N] [--batch-size 8] [--device cpu|cuda] [--trust-checkpoint]
+
+``--lm`` is an exported LM (``aurora.generation.export_lm``) or, with ``--trust-checkpoint``
+only, an LM training run (its checkpoint files are pickles: ``aurora.exported``).
 
 Each prompt is a clip of the token shards (its caption, its real codes, its json):
 - ``golden`` (SpeechAlign): chosen = the clip's real codes, rejected = the LM's sample for its
@@ -56,12 +59,15 @@ from aurora.data.skips import IDENTICAL_PAIR, BadSample, SkipCounter
 from aurora.data.tars import TarWriter, read_shard
 from aurora.data.tokens import load_codes
 from aurora.distributed import barrier, init_distributed, shutdown
-from aurora.generation import LMSampler, SamplingSettings, check_captions, load_lm_config
+from aurora.exported import ModelLoadError, read_config
+from aurora.generation import LM, LMSampler, SamplingSettings, check_captions, lm_codec_dir
+from aurora.tasks.codec.load import load_codec
 from aurora.metrics.rewards import REWARDS, get_reward
 from aurora.tasks.dpo import lm_id
 from data_prep.shard_job import (FINAL_WAIT_S, RECORD_VERSION, JobError, fault_kill_shard, finished_record,
                                  longest_text, pick_device, record_path, run_job, write_record)
 from data_prep.shard_writer import TAR_MTIME
+from data_prep.tokenize import codec_id
 
 PROG = "data_prep.make_pairs"
 FAULT_KILL_ENV = "AURORA_FAULT_PAIRS_KILL"
@@ -95,7 +101,7 @@ def pair_shard(index: int, url: str, out_path: Path, sampler: LMSampler, args: a
     """Write the pairs of one prompt shard into ``out_path``; return its record."""
     started = time.perf_counter()
     counter = SkipCounter()
-    model = sampler.cfg.model
+    model = sampler.config
     prompts = read_prompts(url, expected, model.n_q, model.codebook_size, counter)
     reward = get_reward(args.reward) if args.reward else None
     candidates = args.num_candidates if args.mode == "ranked" else 1
@@ -167,7 +173,11 @@ def _pair(key, real, real_audio, sampled_codes, sampled_audio, meta, rate, rewar
 # -- the command ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lm", required=True, type=Path, help="the LM training run that samples (the policy)")
+    parser.add_argument("--lm", required=True, type=Path,
+                        help="the LM that samples (the policy): an exported LM, or (with --trust-checkpoint) an LM run")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read --lm even if it is a training run: its checkpoint files are pickles, which can run "
+                             "code; only for runs you made or trust")
     parser.add_argument("--prompts", required=True, help="token shards (data_prep.tokenize): captions and real codes")
     parser.add_argument("--out", required=True, type=Path, help="output directory for the pair shards; run again "
                                                                 "to resume")
@@ -202,23 +212,23 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 def _check_inputs(args: argparse.Namespace) -> tuple[list[str], dict, dict]:
     """The prompt shards, their manifest, the LM's token manifest; JobError for what cannot be
     used. Reads every prompt's caption, so a caption too long stops the job before it samples."""
-    lm_cfg = load_lm_config(args.lm)
     try:
+        lm_cfg = read_config(args.lm, LM, trust=args.trust_checkpoint, what="--lm")
         urls, manifest = resolve_shards(args.prompts)
-        _, lm_tokens = resolve_shards(lm_cfg.data.shards)
-    except DataError as exn:
+        lm_codec = load_codec(lm_codec_dir(args.lm), what="--lm's codec").codec
+    except (DataError, ModelLoadError) as exn:
         raise JobError(str(exn)) from None
     if manifest is None or manifest["kind"] != "tokens":
         raise JobError(f"--prompts {args.prompts} is not a token shard set with a manifest: tokenize the prompt clips "
                        f"with data_prep.tokenize, using the codec the LM was trained on")
-    if lm_tokens is not None and lm_tokens.get("codec_id") != manifest.get("codec_id"):
+    if codec_id(lm_codec) != manifest.get("codec_id"):
         raise JobError(f"--prompts {args.prompts} were tokenized by codec {manifest.get('codec_id')}, but the LM {args.lm} "
-                       f"learnt the tokens of codec {lm_tokens.get('codec_id')}: tokenize the prompts with that codec")
+                       f"learnt the tokens of codec {codec_id(lm_codec)}: tokenize the prompts with that codec")
     counter = SkipCounter()
     expected = {s["name"]: s["samples"] for s in manifest["shards"]}
     captions = [meta.get("text", "") for url in urls
                 for _, _, meta in read_prompts(url, expected.get(os.path.basename(url)), manifest["n_q"], None, counter)]
-    check_captions(captions, lm_cfg.model.max_text_len)
+    check_captions(captions, lm_cfg.max_text_len)
     return urls, manifest, expected
 
 
@@ -227,9 +237,9 @@ def run(args: argparse.Namespace) -> None:
     env = init_distributed(DistConfig(backend=Backend.gloo, timeout_s=FINAL_WAIT_S))
     try:
         device = pick_device(args.device, env.device)
-        sampler = LMSampler(args.lm, device, args.step)
+        sampler = LMSampler(args.lm, device, args.step, trust=args.trust_checkpoint, what="--lm")
         settings = SamplingSettings(args.seconds, args.temperature, args.top_k, args.top_p, args.cfg_scale)
-        policy = {"run": str(args.lm), "checkpoint": str(sampler.checkpoint), "id": lm_id(sampler.cfg.model, sampler.lm)}
+        policy = {"run": str(args.lm), "checkpoint": str(sampler.checkpoint), "id": lm_id(sampler.config, sampler.lm)}
         job = {"mode": args.mode, "reward": args.reward, "seed": args.seed, "settings": asdict(settings),
                "num_candidates": args.num_candidates if args.mode == "ranked" else 1, "min_margin": args.min_margin}
         expect = {"policy": policy["id"], "job": job}

@@ -1,7 +1,10 @@
 """A reference LM's log-probs of preference pairs, written into the pair shards, on any number of ranks.
 
-    torchrun --nproc-per-node 8 -m data_prep.ref_logprobs --lm RUN --pairs PAIRS
-        [--step N] [--batch-size 8] [--device cpu|cuda]
+    torchrun --nproc-per-node 8 -m data_prep.ref_logprobs --lm LM --pairs PAIRS
+        [--step N] [--batch-size 8] [--device cpu|cuda] [--trust-checkpoint]
+
+``--lm`` is an exported LM (``aurora.generation.export_lm``) or, with ``--trust-checkpoint``
+only, an LM training run (its checkpoint files are pickles: ``aurora.exported``).
 
 Each pair's ``ref_chosen_logp`` and ``ref_rejected_logp`` (the summed log-probs of its sides, as the
 DPO recipe computes them: ``aurora.tasks.dpo.completion_logps``, in fp32) and ``ref_id`` (the
@@ -37,9 +40,9 @@ from aurora.data.pairs import REF_ID, SIDES, PairExamples, ref_field
 from aurora.data.skips import BadSample, SkipCounter
 from aurora.data.tars import TarWriter, read_shard
 from aurora.distributed import barrier, init_distributed, shutdown
-from aurora.generation import load_lm_config
+from aurora.exported import ModelLoadError, load_model, read_config
+from aurora.generation import LM
 from aurora.models.audio_lm import AudioLM, encode_text
-from aurora.runs import load_model_weights, step_dirname
 from aurora.tasks.dpo import completion_logps, lm_id
 from data_prep.shard_job import (FINAL_WAIT_S, RECORD_VERSION, JobError, fault_kill_shard, finished_record,
                                  pick_device, run_job, write_record)
@@ -108,8 +111,11 @@ def rewrite_shard(index: int, url: str, model: AudioLM, ident: str, examples: Pa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lm", required=True, type=Path, help="the reference: an LM training run (the DPO policy's "
-                                                                "model.init_from)")
+    parser.add_argument("--lm", required=True, type=Path, help="the reference (the DPO policy's model.init_from): an "
+                                                                "exported LM, or (with --trust-checkpoint) an LM run")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read --lm even if it is a training run: its checkpoint files are pickles, which can run "
+                             "code; only for runs you made or trust")
     parser.add_argument("--pairs", required=True, type=Path, help="pair shards (data_prep.make_pairs), rewritten")
     parser.add_argument("--step", type=int, help="the LM checkpoint of this step (default: the latest)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per forward (default 8)")
@@ -118,24 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = load_lm_config(args.lm)
     try:
+        config = read_config(args.lm, LM, trust=args.trust_checkpoint, what="--lm")
         urls, manifest = resolve_shards(str(args.pairs))
-    except DataError as exn:
+    except (DataError, ModelLoadError) as exn:
         raise JobError(str(exn)) from None
     if manifest is None or manifest["kind"] != "pairs":
         raise JobError(f"--pairs {args.pairs} is not a pair shard set with a manifest: make it with data_prep.make_pairs")
     for key in ("n_q", "codebook_size"):
-        if manifest.get(key) != getattr(cfg.model, key):
+        if manifest.get(key) != getattr(config, key):
             raise JobError(f"--pairs {args.pairs} hold codes of {key}={manifest.get(key)}, the LM {args.lm} has "
-                           f"{key}={getattr(cfg.model, key)}: give the LM the pairs were made for")
+                           f"{key}={getattr(config, key)}: give the LM the pairs were made for")
     env = init_distributed(DistConfig(backend=Backend.gloo, timeout_s=FINAL_WAIT_S))
     try:
         device = pick_device(args.device, env.device)
-        model = AudioLM(cfg.model)
-        checkpoint = load_model_weights(model, args.lm / "checkpoints" / step_dirname(args.step)
-                                        if args.step is not None else args.lm)
-        ident = lm_id(cfg.model, model)
+        loaded = load_model(args.lm, LM, trust=args.trust_checkpoint, what="--lm", step=args.step)
+        checkpoint, model = loaded.checkpoint or args.lm, loaded.model
+        ident = lm_id(config, model)
         model.to(device).eval()
         expect = {"ref_id": ident}
         done = {i for i, url in enumerate(urls)

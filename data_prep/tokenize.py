@@ -6,9 +6,11 @@
         [--precision bf16|fp32] [--device cpu|cuda|cuda:N] [--decode-threads N] [--resample]
         [--max-seconds S] [--max-member-mb MB]
 
-``--codec`` is a codec training run (``config.yaml`` + ``checkpoints/``: its latest complete
-checkpoint), one checkpoint of such a run (``RUN/checkpoints/step_N``), or an exported codec
-(``config.yaml`` + ``model.safetensors``, e.g. the ``codec/`` folder of another token set).
+``--codec`` is an exported codec (``model.safetensors`` + ``config.json``, ``aurora.exported``:
+e.g. the ``codec/`` folder of another token set) or, with ``--trust-checkpoint`` only, a codec
+training run (``config.yaml`` + ``checkpoints/``: its latest complete checkpoint) or one
+checkpoint of such a run (``RUN/checkpoints/step_N``): a run's checkpoint files are pickles, which
+can run code when read (docs/reliability.md, the trust boundary).
 
 Output, per audio shard, a token shard of the same name: ``KEY.codes.npy`` (int16 [n_q, T],
 T = ceil(samples / hop_length)) + ``KEY.json`` (the source json plus ``frames`` and
@@ -86,15 +88,16 @@ PROG = "data_prep.tokenize"
 
 
 # -- the codec ------------------------------------------------------------------------------------
-def load_codec(path: str | Path) -> tuple[nn.Module, str]:
-    """The codec at ``path`` (a run, one of its checkpoints, or an exported codec) in eval mode,
-    and a few words on where it came from."""
-    from aurora.tasks.codec.load import CodecLoadError, load_codec as load  # the training stack reads runs
+def load_codec(path: str | Path, trust: bool) -> tuple[nn.Module, str]:
+    """The codec at ``path`` (an exported codec, or if ``trust`` a run or one of its checkpoints)
+    in eval mode, and a few words on where it came from."""
+    from aurora.exported import ModelLoadError
+    from aurora.tasks.codec.load import load_codec as load  # the training stack reads runs
 
     try:
-        loaded = load(path)
-    except CodecLoadError as e:
-        raise JobError(f"--codec {e}") from None
+        loaded = load(path, trust=trust, what="--codec")
+    except ModelLoadError as e:
+        raise JobError(str(e)) from None
     return loaded.codec, loaded.source
 
 
@@ -216,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", required=True,
                         help="audio shard set: a directory with manifest.json or a brace pattern")
     parser.add_argument("--codec", required=True,
-                        help="codec training run directory, one of its checkpoints, or an exported codec folder")
+                        help="an exported codec folder, or (with --trust-checkpoint) a codec training run directory "
+                             "or one of its checkpoints")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read --codec even if it is a training run: its checkpoint files are pickles, which can "
+                             "run code; only for runs you made or trust")
     parser.add_argument("--out", required=True, help="output directory for the token shards; run again to resume")
     parser.add_argument("--batch-seconds", type=float, default=None,
                         help="padded audio seconds per encoder batch (default: 200 on CUDA, 2 on CPU)")
@@ -283,7 +290,7 @@ def run(args: argparse.Namespace) -> None:
         urls, manifest = resolve_shards(args.shards)
     except (DataError, FileNotFoundError) as exn:
         raise JobError(f"--shards: {exn}") from None
-    codec, source = load_codec(args.codec)
+    codec, source = load_codec(args.codec, args.trust_checkpoint)
     cfg = codec.cfg
     _check_shards(args.shards, manifest, cfg.sample_rate, args.resample)
     ident = codec_id(codec)

@@ -4,9 +4,10 @@
                                [--bitrate-curve] [--no-speech-metrics] [--device cpu|cuda] [--out DIR]
     python -m tools.codec_eval RUN --shards EVAL --roundtrip TOKENS [--limit N] [--atol 1e-5]
 
-RUN is a codec training run directory (config.yaml + checkpoints/; its latest complete
-checkpoint is used) or an exported codec folder (config.yaml + model.safetensors, as written by
-``aurora.tasks.codec.export_codec``, e.g. ``TOKENS/codec``). EVAL is an audio shard set (a
+RUN is an exported codec folder (model.safetensors + config.json, as written by
+``aurora.tasks.codec.export_codec``, e.g. ``TOKENS/codec``) or, with ``--trust-checkpoint`` only,
+a codec training run directory (config.yaml + checkpoints/; its latest complete checkpoint is
+used): a run's checkpoint files are pickles, which can run code when read. EVAL is an audio shard set (a
 directory with manifest.json, or a brace pattern); it is read by aurora's loader with the run's
 data settings (defaults for an exported codec): clips cropped to ``--segment-seconds``, batches
 of ``--batch-size``. By default every clip of EVAL is scored once (one pass over the set);
@@ -48,7 +49,8 @@ from aurora.data.skips import BadSample
 from aurora.data.tars import read_shard
 from aurora.metrics import codec_quality as cq
 from aurora.tasks.codec.artifacts import write_reconstructions
-from aurora.tasks.codec.load import EXPORTED_WEIGHTS, CodecLoadError, load_codec as load
+from aurora.exported import WEIGHTS, ModelLoadError, is_exported
+from aurora.tasks.codec.load import load_codec as load
 
 PROG = "python -m tools.codec_eval"
 
@@ -62,7 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("run", type=Path, metavar="RUN",
-                        help="codec training run directory, or exported codec folder (model.safetensors)")
+                        help="exported codec folder, or (with --trust-checkpoint) codec training run directory")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read RUN even if it is a training run: its checkpoint files are pickles, which can run "
+                             "code; only for runs you made or trust")
     parser.add_argument("--shards", required=True, metavar="EVAL", help="audio shard set to evaluate on")
     parser.add_argument("--batches", type=int, default=None, metavar="N",
                         help="stop after N batches (default: one pass over every clip of EVAL)")
@@ -97,11 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- loading -----------------------------------------------------------------------------------------
-def load_codec(run: Path):
+def load_codec(run: Path, trust: bool):
     """(codec in eval mode, the run's DataConfig or None, seed, eval batches default, description)."""
     try:
-        loaded = load(run)
-    except CodecLoadError as e:
+        loaded = load(run, trust=trust, what="RUN")
+    except ModelLoadError as e:
         raise EvalError(str(e)) from None
     cfg = loaded.run_config
     if cfg is None:
@@ -290,10 +295,13 @@ def roundtrip(args: argparse.Namespace, codec, device: torch.device) -> int:
     stored, manifest, problems = _read_tokens(tokens)
     cfg = codec.cfg
     copy_dir = tokens / str(manifest.get("codec") or "codec")
-    if not (copy_dir / EXPORTED_WEIGHTS).is_file():
-        raise EvalError(f"{copy_dir} holds no exported codec ({EXPORTED_WEIGHTS}): re-create the token set "
+    if not is_exported(copy_dir):
+        raise EvalError(f"{copy_dir} holds no exported codec ({WEIGHTS}): re-create the token set "
                         f"with data_prep.tokenize, which copies its codec there")
-    copy = load(copy_dir).codec.to(device)
+    try:
+        copy = load(copy_dir, what="the token set's codec").codec.to(device)
+    except ModelLoadError as e:
+        raise EvalError(str(e)) from None
     if copy.cfg.sample_rate != cfg.sample_rate or manifest.get("sample_rate") not in (None, cfg.sample_rate):
         raise EvalError(f"sample-rate mismatch: the token set {tokens} is at {manifest.get('sample_rate')} Hz "
                         f"(its codec {copy.cfg.sample_rate} Hz) but RUN's codec runs at {cfg.sample_rate} Hz: "
@@ -366,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         device = pick_device(args.device)
-        codec, run_data, seed, eval_batches, described = load_codec(args.run)
+        codec, run_data, seed, eval_batches, described = load_codec(args.run, args.trust_checkpoint)
         codec = codec.to(device).eval()
         if args.roundtrip is not None:
             return roundtrip(args, codec, device)

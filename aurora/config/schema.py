@@ -64,6 +64,11 @@ class RunConfig:
     same directory resumes from its latest complete checkpoint."""
     seed: int = 0
     """Seed for model initialisation, data order and sampling (identical on every rank)."""
+    trust_checkpoint: bool = False
+    """Read the training runs this config names as inputs (``model.init_from``, a frozen part's
+    source such as a teacher) although their checkpoint files are pickles, which can run code
+    when read: only for runs you made or trust (``aurora.exported``). Exported folders need no
+    trust, and the run's own ``run.dir`` is always read."""
 
 
 @dataclass

@@ -62,9 +62,9 @@ class FrozenPartSpec:
     reference); checkpoints hold not its weights but their id (``aurora.runs.weights_id``), and a
     resume refuses a source whose weights have another id."""
     source: Optional[str | Path] = None
-    """A training run or checkpoint its weights are loaded from at start (every start, resumes
-    included; a run means its latest checkpoint, a checkpoint directory pins one); None keeps the
-    model's own."""
+    """An exported folder or, with ``run.trust_checkpoint=true``, a training run or checkpoint
+    (``aurora.exported``) its weights are loaded from at start (every start, resumes included; a
+    run means its latest checkpoint, a checkpoint directory pins one); None keeps the model's own."""
     source_part: Optional[str] = None
     """The part of ``source`` to load (None: its main model)."""
 

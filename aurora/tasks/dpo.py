@@ -1,6 +1,6 @@
 """Recipe: DPO post-training of an audio LM on preference pairs (aurora.data.pairs).
 
-The policy starts from an LM run (``model.init_from``). A pair's log-prob under a model is the
+The policy starts from an LM (``model.init_from``: an export, or a trusted run). A pair's log-prob under a model is the
 sum, over codebooks and frames, of the log-probs of its valid target codes after the delay
 pattern (padding, the pattern's empty slots and the caption prefix are not targets); chosen
 and rejected go through the policy in one concatenated forward. The reference is either read
@@ -19,7 +19,8 @@ from torch import nn
 
 from aurora.config import ConfigError
 from aurora.data.manifest import resolve_shards
-from aurora.generation import load_lm_config
+from aurora.exported import TRUST_FIELD, load_weights, read_config
+from aurora.generation import LM
 from aurora.losses.dpo import DPOLossType, SequenceLogps, preference_loss, preference_metrics, sequence_logps
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_targets, mask_padding
 from aurora.perf.flops import audio_lm_train_flops
@@ -97,8 +98,9 @@ class DPOConfig:
 @dataclass
 class DPOModelConfig(AudioLMConfig):
     init_from: str = MISSING
-    """The LM the policy (and the live reference) starts from: a training run (its latest
-    checkpoint) or one of its checkpoints. Its model section must have this shape."""
+    """The LM the policy (and the live reference) starts from: an exported LM
+    (``aurora.generation.export_lm``) or, with ``run.trust_checkpoint=true``, a training run (its
+    latest checkpoint) or one of its checkpoints. Its model must have this shape."""
     caption_dropout: float = 0.0
     """Must stay 0: the reference's log-probs are of the full captions."""
 
@@ -122,15 +124,6 @@ def _shape(config: AudioLMConfig) -> dict:
     return {f.name: getattr(config, f.name) for f in fields(AudioLMConfig) if f.name not in TRAINING_ONLY}
 
 
-def _run_config_path(init_from: Path) -> Path:
-    """config.yaml of a run, given the run or one of its checkpoints (RUN/checkpoints/step_N)."""
-    for candidate in (init_from, init_from.parent.parent):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise ConfigError(f"config: model.init_from={init_from} is neither an LM run nor one of its checkpoints "
-                      f"(no config.yaml there or two levels up): give the run directory of an aurora LM run")
-
-
 class DPOTask(LMTask):
     config_class = DPOTrainConfig
     data_kind = "pairs"
@@ -141,7 +134,7 @@ class DPOTask(LMTask):
             raise ConfigError(f"config: model.caption_dropout={cfg.model.caption_dropout}, but DPO compares log-probs "
                               f"of the full captions with the reference's: set model.caption_dropout=0")
         self.init_from = Path(cfg.model.init_from)
-        start = load_lm_config(_run_config_path(self.init_from)).model
+        start = read_config(self.init_from, LM, **self._trust())
         differ = [name for name, value in _shape(cfg.model).items() if _shape(start)[name] != value]
         if differ:
             detail = ", ".join(f"model.{n}={getattr(cfg.model, n)!r} but {getattr(start, n)!r}" for n in differ)
@@ -153,6 +146,9 @@ class DPOTask(LMTask):
                 if getattr(cfg.data, name) is not None:
                     self._check_precomputed(getattr(cfg.data, name), name)
 
+    def _trust(self) -> dict:
+        return {"trust": self.cfg.run.trust_checkpoint, "what": "model.init_from", "how_to_trust": TRUST_FIELD}
+
     def _check_precomputed(self, shards: str, name: str) -> None:
         _, manifest = resolve_shards(shards)
         if manifest is None or not (manifest.get("reference") or {}).get("id"):
@@ -163,7 +159,7 @@ class DPOTask(LMTask):
 
     def build_model(self) -> nn.Module:
         model = AudioLM(self.cfg.model)
-        load_model_weights(model, self.init_from)
+        load_weights(model, self.init_from, **self._trust())
         if not self.live:
             ident = lm_id(self.cfg.model, model)
             for name in ("shards", "eval_shards"):
@@ -222,7 +218,7 @@ class DPOTask(LMTask):
         reference = None
         if self.live:
             reference = AudioLM(self.cfg.model)
-            load_model_weights(reference, self.init_from)
+            load_weights(reference, self.init_from, **self._trust())
             reference.to(self.env.device).eval()
         sums: dict[str, float] = {}
         pairs = 0

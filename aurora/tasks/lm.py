@@ -158,7 +158,7 @@ class LMTask(Task):
             loader = build_loader(self.cfg.data, self.data_kind, rank=0, world_size=1, seed=self.cfg.run.seed)
             prompts = next(iter(loader))["text"]
         prompts = (prompts * gen.num_samples)[: gen.num_samples]
-        sampler = LMSampler(run_dir, self.env.device)  # the run's GPU, where it has one
+        sampler = LMSampler(run_dir, self.env.device, trust=True)  # the job's own run.dir; its GPU, where it has one
         out_dir = Path(run_dir) / SAMPLES_DIR
         records = write_samples(sampler, prompts, self.cfg.run.seed, gen, out_dir, gen.batch_size, self.env.rank,
                                 self.env.world_size)

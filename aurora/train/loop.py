@@ -45,7 +45,8 @@ from aurora.engines import Engine, build_engine
 from aurora.engines.capabilities import check_resume
 from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, FrozenPartSpec, PartModels, PartSpec, Task
 from aurora.train import faults
-from aurora.runs import engine_files_dir, load_model_weights, step_dirname, weights_id
+from aurora.exported import TRUST_FIELD, load_weights
+from aurora.runs import engine_files_dir, step_dirname, weights_id
 from aurora.train.checkpoint import Checkpointer
 from aurora.train.metrics import MetricsLogger
 from aurora.perf.mfu import mfu, peak_flops
@@ -214,7 +215,8 @@ class Trainer:
         """Load a frozen part from its source (if it has one), take the id of weights that never
         change, and wrap it with an engine of its own, without an optimizer."""
         if spec.source is not None:
-            load_model_weights(spec.model, spec.source, part=spec.source_part)
+            load_weights(spec.model, spec.source, trust=self.cfg.run.trust_checkpoint, part=spec.source_part,
+                         what=f"the source of frozen part '{spec.name}'", how_to_trust=TRUST_FIELD)
         ident = None if spec.updated else weights_id(spec.model)
         engine = build_engine(self.cfg, self.env)
         model, _ = engine.prepare(spec.model, spec.shard_units, None)

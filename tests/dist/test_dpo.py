@@ -28,7 +28,7 @@ def pairs(tmp_path_factory, tokens, lm_run):
 
 
 def dpo_overrides(run_dir, pairs, lm_run, *extra: str) -> list[str]:
-    return [f"run.dir={run_dir}", f"data.shards={pairs}", f"model.init_from={lm_run}", "model.codebook_size=64",
+    return [f"run.dir={run_dir}", f"data.shards={pairs}", f"model.init_from={lm_run}", "run.trust_checkpoint=true", "model.codebook_size=64",
             *LM_SMALL_MODEL, "trainer.progress_bar=false", *extra]
 
 

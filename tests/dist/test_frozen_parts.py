@@ -145,7 +145,7 @@ def _write_teacher(path: Path, seed: int) -> Path:
 
 
 def _args(run_dir: Path, shards: Path, teacher: Path, *overrides: str) -> list[str]:
-    return [f"run.dir={run_dir}", f"data.shards={shards}", f"teacher={teacher}", *LM_SMALL_MODEL,
+    return [f"run.dir={run_dir}", f"data.shards={shards}", f"teacher={teacher}", "run.trust_checkpoint=true", *LM_SMALL_MODEL,
             "trainer.progress_bar=false", "optim.warmup_steps=0", "optim.lr=1e-3", "generation.num_samples=0",
             *overrides]
 

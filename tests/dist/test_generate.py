@@ -13,7 +13,7 @@ CAPTIONS = ["a low tone", "a high tone", "noise"]
 
 
 def _generate(pool, run, out, *extra: str) -> int:
-    args = ["generate", str(run), *[a for c in CAPTIONS for a in ("--caption", c)], "--num-samples", "2",
+    args = ["generate", str(run), "--trust-checkpoint", *[a for c in CAPTIONS for a in ("--caption", c)], "--num-samples", "2",
             "--out", str(out), "--max-seconds", "0.3", "--batch-size", "2", "--seed", "11", *extra]
     return [r.value for r in pool.run(cli, *args)]
 
@@ -40,7 +40,7 @@ def test_two_ranks_write_what_one_process_writes(tmp_path, lm_run, pool1, pool2)
 
 def test_a_prompt_sampled_alone_with_its_seed_is_the_same_clip(tmp_path, lm_run, pool1):
     assert _generate(pool1, lm_run, tmp_path / "all") == [0]
-    args = ["generate", str(lm_run), "--caption", CAPTIONS[1], "--out", str(tmp_path / "alone"), "--max-seconds", "0.3",
+    args = ["generate", str(lm_run), "--trust-checkpoint", "--caption", CAPTIONS[1], "--out", str(tmp_path / "alone"), "--max-seconds", "0.3",
             "--seed", str(11 + 3)]
     assert pool1.run(cli, *args)[0].value == 0
     assert np.array_equal(np.load(tmp_path / "alone" / "sample_00000.codes.npy"),
@@ -51,11 +51,11 @@ def test_generate_refuses_a_codec_run_and_a_caption_too_long(tmp_path, lm_run, c
     codec_run = tmp_path / "codec"
     codec_run.mkdir()
     (codec_run / "config.yaml").write_text("task: codec\n")
-    assert cli("generate", str(codec_run), "--caption", "x", "--out", str(tmp_path / "o")) == 2
+    assert cli("generate", str(codec_run), "--trust-checkpoint", "--caption", "x", "--out", str(tmp_path / "o")) == 2
     assert "is a 'codec' run, not an audio LM run (task: lm or dpo)" in capfd.readouterr().err
-    assert cli("generate", str(lm_run), "--caption", "y" * 100, "--out", str(tmp_path / "o")) == 2
+    assert cli("generate", str(lm_run), "--trust-checkpoint", "--caption", "y" * 100, "--out", str(tmp_path / "o")) == 2
     assert "is 100 bytes; this LM reads at most 78 (model.max_text_len=80): shorten it" in capfd.readouterr().err
-    assert cli("generate", str(lm_run), "--out", str(tmp_path / "o")) == 2
+    assert cli("generate", str(lm_run), "--trust-checkpoint", "--out", str(tmp_path / "o")) == 2
     assert "no caption: give --caption TEXT" in capfd.readouterr().err
 
 

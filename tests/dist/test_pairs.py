@@ -23,9 +23,9 @@ RANKED = ["--mode", "ranked", "--reward", "mel_distance", "--num-candidates", "3
 
 
 def pairs_job(pool, lm_run, tokens, out, *extra: str) -> None:
-    args = ["--lm", str(lm_run), "--prompts", str(tokens), "--out", str(out), *SECONDS, *extra]
+    args = ["--lm", str(lm_run), "--trust-checkpoint", "--prompts", str(tokens), "--out", str(out), *SECONDS, *extra]
     assert [r.value for r in pool.run(run_main, "data_prep.make_pairs", *args)] == [0] * pool.world
-    assert [r.value for r in pool.run(run_main, "data_prep.ref_logprobs", "--lm", str(lm_run), "--pairs",
+    assert [r.value for r in pool.run(run_main, "data_prep.ref_logprobs", "--lm", str(lm_run), "--trust-checkpoint", "--pairs",
                                       str(out))] == [0] * pool.world
 
 
@@ -89,7 +89,7 @@ def test_low_margins_and_identical_sides_are_skipped_and_counted(tmp_path, lm_ru
     """A margin no ranking reaches skips every prompt, and so does greedy sampling, whose
     candidates are one clip that ties with itself. Golden prompts whose real codes are what the
     LM samples greedily (its own greedy samples, as token shards) make pairs with identical sides."""
-    args = ["--lm", str(lm_run), *SECONDS]
+    args = ["--lm", str(lm_run), "--trust-checkpoint", *SECONDS]
     ranked = [*args, "--prompts", str(tokens), *RANKED]
     assert pool1.run(run_main, "data_prep.make_pairs", *ranked, "--out", str(tmp_path / "a"), "--min-margin", "1e9")[0].value == 0
     assert read_manifest(tmp_path / "a")["skipped"] == {"low_margin": 24}
@@ -126,7 +126,7 @@ def test_a_caption_too_long_and_a_codec_run_are_refused_before_sampling(tmp_path
                     meta["text"] = "a caption " * 10
                 sink.write({k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"} |
                            {"json": json.dumps(meta).encode()})
-    args = ["--prompts", str(long), "--out", str(tmp_path / "out"), *SECONDS]
+    args = ["--prompts", str(long), "--out", str(tmp_path / "out"), "--trust-checkpoint", *SECONDS]
     assert make_pairs_main(["--lm", str(lm_run), *args]) == 2
     assert "is 100 bytes; this LM reads at most 78 (model.max_text_len=80): shorten it" in capfd.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -135,7 +135,7 @@ def test_a_caption_too_long_and_a_codec_run_are_refused_before_sampling(tmp_path
     (codec_run / "config.yaml").write_text("task: codec\n")
     assert make_pairs_main(["--lm", str(codec_run), *args]) == 2
     assert "is a 'codec' run, not an audio LM run" in capfd.readouterr().err
-    assert run_main("data_prep.ref_logprobs", "--lm", str(codec_run), "--pairs", str(tmp_path)) == 2
+    assert run_main("data_prep.ref_logprobs", "--lm", str(codec_run), "--trust-checkpoint", "--pairs", str(tmp_path)) == 2
     assert "is a 'codec' run, not an audio LM run" in capfd.readouterr().err
 
 

@@ -13,10 +13,10 @@ def test_killed_pair_and_reference_jobs_resume_to_the_same_bytes(tmp_path, lm_ru
     straight, killed = tmp_path / "straight", tmp_path / "killed"
 
     def pairs_args(out):
-        return ["--lm", str(lm_run), "--prompts", str(tokens), "--out", str(out), *SETTINGS]
+        return ["--lm", str(lm_run), "--trust-checkpoint", "--prompts", str(tokens), "--out", str(out), *SETTINGS]
 
     def ref_args(out):
-        return ["--lm", str(lm_run), "--pairs", str(out)]
+        return ["--lm", str(lm_run), "--trust-checkpoint", "--pairs", str(out)]
 
     make_pairs.main(pairs_args(straight))
     ref_logprobs.main(ref_args(straight))

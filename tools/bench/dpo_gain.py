@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     candidates = ["--num-candidates", str(args.candidates)] if args.mode == "ranked" else []
     ranked = ["--mode", args.mode, "--reward", "caption_match", *candidates, *sampling]
 
-    sh("-m", "data_prep.make_pairs", "--lm", str(args.base), "--prompts", str(args.prompts), "--out",
+    sh("-m", "data_prep.make_pairs", "--lm", str(args.base), "--trust-checkpoint", "--prompts", str(args.prompts), "--out",
        str(work / "pairs"), *ranked, nproc=args.nproc)
-    sh("-m", "data_prep.ref_logprobs", "--lm", str(args.base), "--pairs", str(work / "pairs"), nproc=args.nproc)
+    sh("-m", "data_prep.ref_logprobs", "--lm", str(args.base), "--trust-checkpoint", "--pairs", str(work / "pairs"), nproc=args.nproc)
 
     sh("-m", "data_prep.synth", "--out", str(work / "heldout"), "--num-clips", str(args.heldout), "--seed",
        str(args.seed))
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
        str(work / "heldout_shards"), "--samples-per-shard", "16")
     sh("-m", "data_prep.tokenize", "--shards", str(work / "heldout_shards"), "--codec", str(args.prompts / "codec"),
        "--out", str(work / "heldout_tokens"), nproc=args.nproc)
-    sh("-m", "data_prep.make_pairs", "--lm", str(args.base), "--prompts", str(work / "heldout_tokens"), "--out",
+    sh("-m", "data_prep.make_pairs", "--lm", str(args.base), "--trust-checkpoint", "--prompts", str(work / "heldout_tokens"), "--out",
        str(work / "heldout_pairs"), "--seed", "1", *ranked, nproc=args.nproc)
-    sh("-m", "data_prep.ref_logprobs", "--lm", str(args.base), "--pairs", str(work / "heldout_pairs"),
+    sh("-m", "data_prep.ref_logprobs", "--lm", str(args.base), "--trust-checkpoint", "--pairs", str(work / "heldout_pairs"),
        nproc=args.nproc)
 
     frames = math.ceil(args.seconds * json.loads((args.prompts / "manifest.json").read_text())["frame_rate"])
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     # batch would count some pairs twice.
     eval_batches = max(1, pairs // BATCH)
     sh("-m", "aurora", "train", "configs/dpo/tiny.yaml", f"run.dir={work / 'dpo'}", f"model.init_from={args.base}",
+       "run.trust_checkpoint=true",
        f"data.shards={work / 'pairs'}", f"data.eval_shards={work / 'heldout_pairs'}", f"data.context_frames={frames}",
        f"trainer.max_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
        f"trainer.eval_every={args.steps}", f"trainer.eval_batches={eval_batches}", f"data.batch_size={BATCH}",
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     (work / "captions.txt").write_text("".join(m["text"] + "\n" for m in meta))
     fresh = {}
     for name, run in (("base", args.base), ("dpo", work / "dpo")):
-        sh("-m", "aurora", "generate", str(run), "--captions", str(work / "captions.txt"), "--out",
+        sh("-m", "aurora", "generate", str(run), "--trust-checkpoint", "--captions", str(work / "captions.txt"), "--out",
            str(work / f"samples_{name}"), "--max-seconds", str(args.seconds), "--seed", "100", "--batch-size", "16",
            nproc=args.nproc)
         fresh[name] = scores(work / f"samples_{name}", meta)

@@ -3,8 +3,8 @@ maintenance (``dead_codes``), what its evaluation writes for listening (``artifa
 one loader of trained codecs (``load``)."""
 
 from aurora.tasks.codec.config import DISCRIMINATOR, CodecTrainConfig
-from aurora.tasks.codec.load import CodecLoadError, LoadedCodec, export_codec, load_codec, load_discriminator
+from aurora.tasks.codec.load import CODEC, LoadedCodec, export_codec, load_codec, load_discriminator
 from aurora.tasks.codec.recipe import CodecTask
 
-__all__ = ["DISCRIMINATOR", "CodecLoadError", "CodecTask", "CodecTrainConfig", "LoadedCodec", "export_codec",
+__all__ = ["CODEC", "DISCRIMINATOR", "CodecTask", "CodecTrainConfig", "LoadedCodec", "export_codec",
            "load_codec", "load_discriminator"]

@@ -202,6 +202,6 @@ class CodecTask(Task):
             return
         from aurora.data import build_loader
 
-        codec = load_codec(run_dir).codec.to(self.env.device)
+        codec = load_codec(run_dir, trust=True).codec.to(self.env.device)  # the job's own run.dir
         batch = next(iter(build_loader(self.cfg.data, "audio", rank=0, world_size=1, seed=self.cfg.run.seed)))
         write_reconstructions(codec, batch, Path(run_dir) / "samples", self.cfg.eval_clips)

@@ -113,7 +113,7 @@ def test_codec_that_masking_does_not_fit_falls_back_to_equal_length_batches(audi
     codec = load_codec(codec_dir).codec
     codec.encoder.head = GlobalContext(codec.encoder.head)
     assert "differs" in batch_encode.masking_problem(codec, torch.device("cpu"))
-    monkeypatch.setattr(tokenize, "load_codec", lambda path: (codec, "a codec with global context"))
+    monkeypatch.setattr(tokenize, "load_codec", lambda path, trust: (codec, "a codec with global context"))
     out = tmp_path / "tokens"
     argv = ["--shards", str(audio_shards), "--codec", str(codec_dir), "--out", str(out), *BATCH]
     tokenize.main(argv)
@@ -151,11 +151,13 @@ def test_errors_name_the_problem_and_the_fix(audio_shards, codec_dir, tokens, tm
     run.mkdir()
     shutil.copy(REPO / "configs/codec/tiny.yaml", run / "config.yaml")
     line = error_line(capsys, args(codec=run))
-    assert "no checkpoint" in line and "train the codec until it saves a checkpoint" in line
+    assert "is a training run directory" in line and "pass --trust-checkpoint" in line
+    line = error_line(capsys, [*args(codec=run), "--trust-checkpoint"])
+    assert "no checkpoint" in line and "train until the run saves a checkpoint" in line
     lm_run = tmp_path / "lm_run"
     lm_run.mkdir()
     shutil.copy(REPO / "configs/lm/tiny.yaml", lm_run / "config.yaml")
-    assert "not a codec run" in error_line(capsys, args(codec=lm_run))
+    assert "not a codec run" in error_line(capsys, [*args(codec=lm_run), "--trust-checkpoint"])
 
     line = error_line(capsys, args(shards=tmp_path / "no_shards"))
     assert line.startswith("data_prep.tokenize: error: --shards:") and "does not exist" in line
