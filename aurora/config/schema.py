@@ -93,7 +93,7 @@ class TrainerConfig:
     (one ``{"step", "keys"}`` line per step): an audit of data order across resumes."""
     keep_last_n: Optional[int] = ranged(None, 1)
     """Keep only the newest N complete checkpoints (older ones are deleted after a new one is
-    complete); null keeps them all."""
+    complete; a higher-numbered one, left by a rolled-back ``latest``, is kept); null keeps them all."""
     async_checkpoint: bool = False
     """Write checkpoints in a background thread (``dcp.async_save``): the loop stalls only to
     copy the state to CPU memory. The checkpoint becomes ``latest`` once written, seen at a later
