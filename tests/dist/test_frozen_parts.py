@@ -68,6 +68,10 @@ class DistillTask(LMTask):
                       reduction="none").sum(-1)
         return kl.mean(), {}
 
+    def loss_units(self, batch: dict) -> float:
+        """The KL is a mean over every position, padding included."""
+        return float(batch["codes"][:, 0].numel())
+
     def after_step(self, models: PartModels, step: int) -> dict[str, float]:
         models.ema_update(EMA, MAIN_PART, self.cfg.ema_decay)
         return {}
