@@ -4,7 +4,7 @@ checkpoints are, which one is complete and newest, and the weights of a model in
 Layout of a run directory::
 
     RUN/config.yaml               the resolved config
-    RUN/checkpoints/step_N/       a complete checkpoint (DCP files, rank_*.pt, shared.pt)
+    RUN/checkpoints/step_N/       a complete checkpoint (DCP files, rank_R_of_N.pt, shared.pt)
       deepspeed/                  the main model's files in its engine's own format (DeepSpeed's)
       parts/<name>/               the same for part <name> (a GAN's discriminator, an EMA target)
     RUN/checkpoints/step_N.tmp/   a save in progress, or one a crash interrupted: never read
@@ -37,8 +37,24 @@ def step_dirname(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def rank_file(path: Path, rank: int) -> Path:
-    return path / f"rank_{rank:05d}.pt"
+_RANK_FILE = re.compile(r"rank_(\d{5})_of_(\d{5})\.pt")
+"""A rank's file names its rank and how many ranks saved: a checkpoint says itself whether every
+rank's file is there, without reading any."""
+
+
+def rank_file(path: Path, rank: int, world: int) -> Path:
+    return path / f"rank_{rank:05d}_of_{world:05d}.pt"
+
+
+def saved_world(path: Path) -> int | None:
+    """How many ranks wrote checkpoint ``path``, when the file of every one of them is there
+    (and all name the same number); else None."""
+    named = [m.groups() for p in path.glob("rank_*.pt") if (m := _RANK_FILE.fullmatch(p.name))]
+    worlds = {int(world) for _, world in named}
+    if len(worlds) != 1:
+        return None
+    world = worlds.pop()
+    return world if sorted(int(rank) for rank, _ in named) == list(range(world)) else None
 
 
 def engine_files_dir(checkpoint: Path, part: str | None = None) -> Path:
@@ -58,9 +74,9 @@ def weights_id(model: nn.Module) -> str:
 
 
 def is_complete(path: Path) -> bool:
-    """A finished save: a final name, DCP's metadata, the shared state and the rank files."""
+    """A finished save: a final name, DCP's metadata, the shared state and every rank's file."""
     return (_STEP_DIR.fullmatch(path.name) is not None and (path / ".metadata").is_file()
-            and (path / SHARED_FILE).is_file() and any(path.glob("rank_*.pt")))
+            and (path / SHARED_FILE).is_file() and saved_world(path) is not None)
 
 
 def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:

@@ -44,7 +44,8 @@ from torch.distributed.checkpoint.staging import BlockingAsyncStager
 
 from aurora.distributed import DistEnv, barrier
 from aurora.distributed.env import background_group
-from aurora.runs import LATEST, SHARED_FILE, complete_checkpoints, rank_file, resolve_checkpoint, step_dirname
+from aurora.runs import (LATEST, SHARED_FILE, complete_checkpoints, rank_file, resolve_checkpoint, saved_world,
+                         step_dirname)
 from aurora.train import faults
 from aurora.train.nonfatal import NonFatal
 
@@ -160,7 +161,7 @@ class Checkpointer:
         barrier()
         outcome, error = _OK, None
         try:
-            torch.save(rank_state, rank_file(tmp, self.env.rank))
+            torch.save(rank_state, rank_file(tmp, self.env.rank, self.env.world_size))
             if self.env.is_main:
                 torch.save(shared_state, tmp / SHARED_FILE)
         except Exception as e:
@@ -252,19 +253,21 @@ class Checkpointer:
     # -- loading ------------------------------------------------------------------------------
     @staticmethod
     def saved_world(path: Path) -> int:
-        """How many ranks wrote checkpoint ``path`` (one rank file each)."""
-        return len(list(path.glob("rank_*.pt")))
+        """How many ranks wrote checkpoint ``path``; FileNotFoundError unless it holds the file of
+        each of them and the shared state."""
+        saved = saved_world(path)
+        if saved is None or not (path / SHARED_FILE).is_file():
+            raise FileNotFoundError(f"{path} lacks some of its rank_R_of_N.pt files or {SHARED_FILE}: it was not "
+                                    f"written by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
+        return saved
 
     def load(self, path: Path, app_state: dict) -> tuple[dict, dict]:
         """Fill ``app_state`` in place from ``path`` (DCP reshards it to this world size);
         return (the rank state saved by this rank, or by ``rank % saved world size`` when the
         world size changed; the shared state)."""
         saved = self.saved_world(path)
-        if saved == 0 or not (path / SHARED_FILE).is_file():
-            raise FileNotFoundError(f"{path} lacks its rank_*.pt or {SHARED_FILE} files: it was not written "
-                                    f"by this aurora's trainer, or is damaged; resume from an earlier checkpoint")
         dcp.load(app_state, checkpoint_id=path)
-        return _load_plain(rank_file(path, self.env.rank % saved)), _load_plain(path / SHARED_FILE)
+        return _load_plain(rank_file(path, self.env.rank % saved, saved)), _load_plain(path / SHARED_FILE)
 
 
 def _load_plain(path: Path):

@@ -10,34 +10,62 @@ from data_prep.synth_tokens import write_token_shards
 from tests.helpers.runs import CODEC_SMALL_GAN, cli, lm_train_args, read_metrics
 
 
-def _corrupt_first_flac(src, dst):
-    """Copy shard ``src`` to ``dst`` with the first .flac member's bytes garbled."""
+def _corrupt_first_flac(src, dst) -> str:
+    """Copy shard ``src`` to ``dst`` with the first .flac member's bytes garbled; its key."""
     with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
-        garbled = False
+        garbled = None
         for member in tin.getmembers():
             data = tin.extractfile(member).read()
-            if member.name.endswith(".flac") and not garbled:
+            if member.name.endswith(".flac") and garbled is None:
                 data = b"not a flac at all" + data[64:]
-                garbled = True
+                garbled = member.name.removesuffix(".flac")
             member.size = len(data)
             tout.addfile(member, io.BytesIO(data))
+    return garbled
+
+
+def _keys_by_rank(run) -> list[list[list[str]]]:
+    """Each rank's trained keys, step by step (``trainer.record_sample_keys``)."""
+    return [[json.loads(line)["keys"] for line in (run / "sample_keys" / f"rank_{rank:05d}.jsonl").read_text().splitlines()]
+            for rank in (0, 1)]
 
 
 def test_corrupt_flac_member_is_skipped_and_counted(tmp_path, audio_shards, pool2):
+    """Against the same run on intact shards: each rank trains on the intact run's samples in
+    the same order, less the corrupt one (nothing else lost); the count at each step is the number
+    of times a rank drew it by then (each draw skipped, its batch filled by the next sample)."""
     shards = tmp_path / "shards"
     shutil.copytree(audio_shards, shards)
-    _corrupt_first_flac(audio_shards / "shard-000000.tar", shards / "shard-000000.tar")
-    run = tmp_path / "codec"
-    results = pool2.run(cli, "train", "configs/codec/tiny.yaml", f"run.dir={run}", f"data.shards={shards}",
-                        "trainer.max_steps=6", "trainer.log_every=1", "trainer.progress_bar=false", "data.batch_size=4",
-                        "data.segment_seconds=0.2", *CODEC_SMALL_GAN)
-    assert [r.value for r in results] == [0, 0]
-    metrics = read_metrics(run)
-    assert [m["step"] for m in metrics] == list(range(1, 7))
-    # Counted each time the bad member is met: 6 steps go over that shard more than once.
-    assert metrics[-1]["data/skipped/decode_error"] >= 1
+    bad = _corrupt_first_flac(audio_shards / "shard-000000.tar", shards / "shard-000000.tar")
+    batch, steps = 4, 6
+
+    def train(run, data, max_steps):
+        results = pool2.run(cli, "train", "configs/codec/tiny.yaml", f"run.dir={run}", f"data.shards={data}",
+                            f"trainer.max_steps={max_steps}", "trainer.log_every=1", "trainer.progress_bar=false",
+                            f"data.batch_size={batch}", "data.segment_seconds=0.2", "trainer.record_sample_keys=true",
+                            *CODEC_SMALL_GAN)
+        assert [r.value for r in results] == [0, 0]
+        return results
+
+    intact, corrupt = tmp_path / "intact", tmp_path / "corrupt"
+    train(intact, audio_shards, steps + 1)  # a batch more: as far as the corrupt run reads
+    results = train(corrupt, shards, steps)
+    metrics = read_metrics(corrupt)
+    assert [m["step"] for m in metrics] == list(range(1, steps + 1))
     assert all(m["loss"] == m["loss"] for m in metrics)
     assert any("shard-000000.tar" in r.output for r in results)
+
+    draws = {}  # rank: where the corrupt sample is in the intact run's stream of that rank
+    for rank, (expected, seen) in enumerate(zip(_keys_by_rank(intact), _keys_by_rank(corrupt))):
+        stream = [key for keys in expected for key in keys]
+        draws[rank] = [i for i, key in enumerate(stream) if key == bad]
+        assert [key for keys in seen for key in keys] == [key for key in stream if key != bad][: batch * steps], rank
+        assert len(stream) - len(draws[rank]) >= batch * steps
+    assert sum(map(len, draws.values())) >= 2  # 6 steps go over the shards more than once
+    # A rank's i-th draw comes after d - i good samples: it is counted with the batch they fill.
+    for step, m in enumerate(metrics, start=1):
+        counted = sum((d - i) // batch < step for ds in draws.values() for i, d in enumerate(ds))
+        assert m.get("data/skipped/decode_error", 0) == counted, step
 
 
 def test_truncated_captions_are_counted_over_both_ranks(tmp_path, pool2):

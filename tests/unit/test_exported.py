@@ -41,7 +41,7 @@ def _crafted_run(root: Path, recipe: str) -> tuple[Path, Path]:
     config.run.dir, config.data.shards = str(run), str(root / "shards")
     OmegaConf.save(config, run / "config.yaml")
     (checkpoint / ".metadata").write_bytes(pickle.dumps(_Touch(marker)))
-    torch.save({}, rank_file(checkpoint, 0))
+    torch.save({}, rank_file(checkpoint, 0, 1))
     torch.save({}, checkpoint / SHARED_FILE)
     (run / "checkpoints" / LATEST).write_text(STEP + "\n")
     return run, marker

@@ -6,7 +6,7 @@ import pytest
 from aurora.runs import LATEST, complete_checkpoints, resolve_checkpoint
 
 
-def _checkpoint(root, name, files=(".metadata", "shared.pt", "rank_00000.pt")):
+def _checkpoint(root, name, files=(".metadata", "shared.pt", "rank_00000_of_00001.pt")):
     path = root / "checkpoints" / name
     path.mkdir(parents=True)
     for f in files:
@@ -30,7 +30,7 @@ def test_a_pointer_to_an_incomplete_checkpoint_falls_back_to_the_newest_complete
     good = _checkpoint(tmp_path, "step_00000004")
     _checkpoint(tmp_path, "step_00000002")
     if broken == "no_shared":
-        _checkpoint(tmp_path, "step_00000006", files=(".metadata", "rank_00000.pt"))
+        _checkpoint(tmp_path, "step_00000006", files=(".metadata", "rank_00000_of_00001.pt"))
     elif broken == "no_rank_files":
         _checkpoint(tmp_path, "step_00000006", files=(".metadata", "shared.pt"))
     _point(tmp_path, "step_00000006")
@@ -40,7 +40,7 @@ def test_a_pointer_to_an_incomplete_checkpoint_falls_back_to_the_newest_complete
 
 def test_partial_saves_are_never_candidates(tmp_path):
     _checkpoint(tmp_path, "step_00000008.tmp")
-    _checkpoint(tmp_path, "step_00000010", files=("rank_00000.pt",))
+    _checkpoint(tmp_path, "step_00000010", files=("rank_00000_of_00001.pt",))
     assert complete_checkpoints(tmp_path / "checkpoints") == []
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         resolve_checkpoint(tmp_path)
@@ -52,9 +52,9 @@ def test_loading_a_checkpoint_without_its_shared_state_says_what_to_do(tmp_path)
     from aurora.train.checkpoint import Checkpointer
     from aurora.train.nonfatal import NonFatal
 
-    path = _checkpoint(tmp_path, "step_00000002", files=(".metadata", "rank_00000.pt"))
+    path = _checkpoint(tmp_path, "step_00000002", files=(".metadata", "rank_00000_of_00001.pt"))
     checkpointer = Checkpointer(tmp_path, env=None, nonfatal=NonFatal(0))
-    with pytest.raises(FileNotFoundError, match="lacks its rank_.*shared.pt files: .* resume from an earlier"):
+    with pytest.raises(FileNotFoundError, match="lacks some of its rank_R_of_N.pt files or shared.pt: .* resume from an earlier"):
         checkpointer.load(path, {})
 
 
@@ -89,3 +89,22 @@ def test_latest_must_name_a_checkpoint_inside_checkpoints(tmp_path, name):
     _point(tmp_path / "run", name.format(outside=outside))
     with pytest.raises(ValueError, match="which is not a checkpoint directory inside .*delete it to resume"):
         resolve_checkpoint(tmp_path / "run")
+
+
+@pytest.mark.parametrize("ranks", [("rank_00000_of_00004.pt", "rank_00001_of_00004.pt", "rank_00003_of_00004.pt"),
+                                   ("rank_00000_of_00002.pt",),
+                                   ("rank_00000_of_00002.pt", "rank_00001_of_00003.pt")])
+def test_a_checkpoint_missing_some_rank_files_is_not_complete(tmp_path, ranks):
+    """Each rank's file names the world that saved it: one missing (the last one too), or files of
+    two different saves, and the checkpoint is incomplete; a resume takes the one before."""
+    from aurora.train.checkpoint import Checkpointer
+
+    good = _checkpoint(tmp_path, "step_00000002", files=(".metadata", "shared.pt", "rank_00000_of_00002.pt",
+                                                          "rank_00001_of_00002.pt"))
+    broken = _checkpoint(tmp_path, "step_00000004", files=(".metadata", "shared.pt", *ranks))
+    _point(tmp_path, "step_00000004")
+    assert complete_checkpoints(tmp_path / "checkpoints") == [good]
+    assert resolve_checkpoint(tmp_path) == good
+    assert Checkpointer.saved_world(good) == 2
+    with pytest.raises(FileNotFoundError, match="lacks some of its rank_R_of_N.pt files"):
+        Checkpointer.saved_world(broken)

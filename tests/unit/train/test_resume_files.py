@@ -63,7 +63,7 @@ def _dcp_checkpoint(path: Path) -> Path:
 def test_rank_files_load_weights_only_so_a_crafted_one_runs_nothing(tmp_path):
     path = _dcp_checkpoint(tmp_path / "checkpoints" / "step_00000002")
     marker = tmp_path / "ran"
-    torch.save({"rng": _Touch(marker)}, rank_file(path, 0))
+    torch.save({"rng": _Touch(marker)}, rank_file(path, 0, 1))
     torch.save({"ranks": []}, path / SHARED_FILE)
     checkpointer = Checkpointer(tmp_path, env=SimpleNamespace(rank=0), nonfatal=NonFatal(0))
     with warnings.catch_warnings():
