@@ -60,6 +60,23 @@ def test_every_engine_with_accumulation_matches_single_process_lm(lm_runs, engin
     assert_same_steps(single, lm_runs[engine, 4 if engine == "single" else 2])
 
 
+def test_clip_grad_value_and_fsdp_options_keep_the_single_process_numbers(tmp_path, token_shards, lm_runs, pool1,
+                                                                         pool2):
+    """``trainer.clip_grad_value`` clips each element of the step's whole gradient: on DDP's
+    replicas and FSDP's shards (2 ranks x 2 micro-batches) as in one process, where it changes the
+    run. FSDP2 without resharding after forward and with explicit prefetching computes the same."""
+    clip = ["trainer.clip_grad_value=2e-3", "trainer.clip_grad_norm=null"]
+    single = _run(pool1, tmp_path, "lm", token_shards, "single", *clip)
+    with pytest.raises(AssertionError):  # it clipped: beyond the tolerance the engines are held to
+        assert_same_steps(lm_runs["single", 1], single)
+    for engine in ("ddp", "fsdp"):
+        run = _run(pool2, tmp_path, "lm", token_shards, engine, f"engine.name={engine}", "trainer.grad_accum_steps=2", *clip)
+        assert_same_steps(single, run)
+    options = _run(pool2, tmp_path, "lm", token_shards, "fsdp_options", "engine.name=fsdp", "trainer.grad_accum_steps=2",
+                   "engine.fsdp.reshard_after_forward=false", "engine.fsdp.prefetch=1")
+    assert_same_steps(lm_runs["single", 1], options)
+
+
 NO_GAN = "gan.enabled=false"
 """The codec on reconstruction alone: one part, one optimizer."""
 
