@@ -2,6 +2,11 @@
 checkpoints, the GAN codec's two DeepSpeed engines included; DeepSpeed resumes ZeRO-1/2 on another
 world size, and refuses ZeRO-3 clearly."""
 
+import os
+import signal
+import threading
+import time
+
 import pytest
 import torch
 
@@ -41,6 +46,38 @@ def test_fsdp_resume_is_bit_identical(tmp_path, token_shards, lm_straight, pool2
     assert "resumed from" in _train(pool2, resumed, token_shards, STRAIGHT_STEPS)
     assert (resumed / "checkpoints" / "latest").read_text().strip() == f"step_{STRAIGHT_STEPS:08d}"
     _assert_resumed_like_straight(lm_straight, resumed)
+
+
+def signalled_on_one_rank(run_dir: str, signal_rank: int, after_steps: int, *argv: str) -> int:
+    """``aurora ARGV`` on a pool rank; rank ``signal_rank`` sends itself SIGUSR1 (slurm's warning
+    before the time limit) once ``after_steps`` steps are logged. The exit code."""
+    def watch():
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        while not (os.path.isfile(metrics) and len(open(metrics).read().splitlines()) >= after_steps):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    if int(os.environ["RANK"]) == signal_rank:
+        threading.Thread(target=watch, daemon=True).start()
+    return cli(*argv)
+
+
+def test_sigusr1_on_one_rank_stops_every_rank_at_one_step_and_resumes_identically(tmp_path, token_shards, lm_straight,
+                                                                                  pool2):
+    """SIGUSR1 reaches rank 1 alone: both ranks checkpoint the same step and exit for requeue
+    (75), and the resumed run ends with the straight run's weights."""
+    run = tmp_path / "run"
+    args = lm_train_args(run, token_shards, STRAIGHT_STEPS, "trainer.checkpoint_every=100")
+    results = pool2.run(signalled_on_one_rank, str(run), 1, 2, *args,
+                        env={"AURORA_FAULT_INJECTION": "1", "AURORA_FAULT_STEP_DELAY_S": "0.3"})
+    assert [r.value for r in results] == [75, 75], [r.output[-2000:] for r in results]
+    stopped = read_metrics(run)[-1]["step"]
+    assert 2 <= stopped < STRAIGHT_STEPS
+    # The main rank heard of it through the step's all-reduce.
+    assert f"preempted at step {stopped} (signal on another rank); checkpoint step {stopped} written" in results[0].output
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+    assert f"at step {stopped}" in _train(pool2, run, token_shards, STRAIGHT_STEPS, "trainer.checkpoint_every=100")
+    assert_same_weights(weights(lm_straight), weights(run))
 
 
 def test_every_async_checkpoint_holds_the_state_of_its_own_step(tmp_path, token_shards, lm_straight, pool2):
