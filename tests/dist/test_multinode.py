@@ -117,12 +117,15 @@ def test_codec_trains_under_hsdp_and_hierarchical_sync(tmp_path, audio_shards, p
     assert all(torch.isfinite(torch.tensor(k3["losses"])))
 
 
-def test_outer_optimizer_state_resumes_bit_identical(tmp_path, token_shards, pool2x2):
-    """DiLoCo (nesterov outer steps every 2 steps): stopped after step 2 and resumed to 4, the run
-    ends with the weights of an uninterrupted one, which needs the outer anchor and momentum."""
+@pytest.mark.parametrize("outer_every", [2, 3], ids=["on_boundary", "off_boundary"])
+def test_outer_optimizer_state_resumes_bit_identical(tmp_path, token_shards, pool2x2, outer_every):
+    """DiLoCo (nesterov outer steps): stopped after step 2 and resumed to 4, the run ends with the
+    weights of an uninterrupted one, which needs the outer anchor and momentum. Every 3 steps, the
+    saves at steps 2 and 4 fall between outer steps: each forces one (the nodes' copies differ
+    there, and a checkpoint holds one), in both runs alike."""
     def train(run_dir, max_steps):
         args = lm_train_args(run_dir, token_shards, max_steps, "data.batch_size=2", "engine.name=ddp",
-                             "sync.mode=hierarchical", "sync.outer_every=2", "sync.outer_optimizer=nesterov",
+                             "sync.mode=hierarchical", f"sync.outer_every={outer_every}", "sync.outer_optimizer=nesterov",
                              "trainer.checkpoint_every=2", "optim.decay_steps=4")
         assert [r.value for r in pool2x2.run(cli, *args)] == [0] * 4
 
