@@ -94,12 +94,17 @@ class Balancer:
         self._count: dict[str, Tensor] = {}
         self.metrics: dict[str, Tensor] = {}
 
-    def surrogate(self, losses: Mapping[str, Tensor], output: Tensor) -> Tensor:
-        """A scalar whose backward deposits the balanced gradient G into `output`.
+    def surrogate(self, losses: Mapping[str, Tensor], output: Tensor, grad_scale: float = 1.0) -> Tensor:
+        """A scalar whose backward deposits the balanced gradient G, times `grad_scale`, into `output`.
 
         Its value is sum_i w_i * l_i (for logging). Every loss must be a scalar that depends on the
         model only through `output`; the graphs of the losses are kept until the caller's backward.
         Under torch.distributed, every rank must call this with the same loss names.
+
+        G's share of each item does not shrink with the batch (the norms divide the losses' 1/B
+        away): G is a sum over the items. A trainer whose losses are means over the batch (each
+        rank's step a mean, averaged over ranks) passes ``grad_scale=1/B``, so that the step does
+        not depend on how the items are split over ranks.
         """
         names = self._check(losses, output)
         batch = output.shape[0] if self.per_batch_item else 1
@@ -126,7 +131,7 @@ class Balancer:
             else:
                 scales = weights
             balanced = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
-            for scale, g in zip(scales, grads):
+            for scale, g in zip(scales * grad_scale, grads):
                 balanced.add_(g.float() * scale)
             value = sum(w * losses[k].detach().float().reshape(()) for k, w in zip(names, weight_list))
         return _InjectGrad.apply(output, balanced, value)

@@ -37,7 +37,8 @@ class CodecLossConfig:
     their gradient norms w.r.t. the generated audio (EnCodec): each weight becomes a share of
     ``balancer_total_norm``. The quantizer losses keep their fixed weights."""
     balancer_total_norm: float = 1.0
-    """balancer: norm of the summed, rescaled gradient on the generated audio."""
+    """balancer: norm of the summed, rescaled gradient on each generated clip (the step takes
+    its mean over the batch's clips, so it does not depend on the batch size or the world size)."""
     balancer_ema_decay: float = 0.999
     """balancer: decay of the moving average of each loss's gradient norm."""
 

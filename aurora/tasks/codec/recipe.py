@@ -145,7 +145,8 @@ class CodecTask(Task):
         metrics = {f"loss/{name}": value for name, value in losses.items()}
         if self.balancer is not None and codec.training:
             balanced = {k: v for k, v in losses.items() if k in self.balancer.weights}
-            total = self.balancer.surrogate(balanced, recon)
+            # As a mean over the batch, like the other losses: a step on N ranks is one process's.
+            total = self.balancer.surrogate(balanced, recon, grad_scale=1 / recon.shape[0])
             metrics.update({f"balancer/{k}": v for k, v in self.balancer.metrics.items()})
         else:
             total = sum(weights[k] * v for k, v in losses.items() if weights[k])
