@@ -51,7 +51,7 @@ else
   COMPILE=()
   T=(40 30 60 60 60 60 100 50 50)  # seconds per step; 570 in all (2b shares 2's), under the device's 600
 fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}  # no more than the cores
 COMMON=(trainer.progress_bar=false trainer.log_every=1)
 LM=(configs/lm/tiny.yaml generation.num_samples=0 "${SMALL_LM[@]}")
 

@@ -46,13 +46,14 @@ def _show(result) -> str:
 
 
 # 1 -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("async_checkpoint", [False, True], ids=["sync", "async"])
-def test_killed_rank_restarts_and_ends_bit_identical(tmp_path, token_shards, lm_straight, async_checkpoint):
-    result = launch(tmp_path, token_shards, f"trainer.async_checkpoint={str(async_checkpoint).lower()}",
-                    "trainer.keep_last_n=2", max_restarts=1, fault_env={"AURORA_FAULT_KILL": "5@1"})
+def test_killed_rank_restarts_and_ends_bit_identical(tmp_path, token_shards, lm_straight):
+    """Under async checkpoints, whose save may be in flight when the rank dies. (A restart from a
+    sync checkpoint is the hung-rank test's, whose rank exits through the watchdog.)"""
+    result = launch(tmp_path, token_shards, "trainer.async_checkpoint=true", "trainer.keep_last_n=2", max_restarts=1,
+                    fault_env={"AURORA_FAULT_KILL": "5@1"})
     assert result.returncode == 0, _show(result)
     # An async save of step 4 may still be in flight when the rank dies: then step 2 is the latest.
-    assert "at step 4" in result.stdout or (async_checkpoint and "at step 2" in result.stdout), _show(result)
+    assert "at step 4" in result.stdout or "at step 2" in result.stdout, _show(result)
     assert [m["step"] for m in read_metrics(tmp_path)] == list(range(1, STEPS + 1))
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000006", "step_00000008"]
     assert_same_weights(weights(lm_straight), weights(tmp_path))
