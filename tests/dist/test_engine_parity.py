@@ -173,16 +173,51 @@ def test_collective_volumes_match_the_scale_model(lm_runs, engine):
             assert real.get(kind, 0) == pytest.approx(nbytes, rel=0.02), (step, kind, real, predicted)
 
 
+def steps_recording_resets(config: str, overrides: list[str]) -> dict | None:
+    """3 ``fixed_batch_steps`` of the codec; on rank 0 also its codebooks, read whole just before and
+    just after each step's dead-code reset that replaced codes."""
+    from aurora.tasks.codec.dead_codes import DeadCodeReset
+
+    real, resets = DeadCodeReset.maybe_reset, {}
+
+    def recording(self, step, codebooks, engine):
+        before = [engine.read_full(p) for p in codebooks]
+        replaced = real(self, step, codebooks, engine)
+        if replaced:
+            resets[step] = before, [engine.read_full(p) for p in codebooks]
+        return replaced
+
+    DeadCodeReset.maybe_reset = recording
+    try:
+        out = fixed_batch_steps(config, overrides)
+    finally:
+        DeadCodeReset.maybe_reset = real
+    return None if out is None else {**out, "resets": resets}
+
+
 @pytest.mark.parametrize("engine", ["fsdp", "zero2", "zero3"])
-def test_dead_code_reset_keeps_replicas_equal(tmp_path, audio_shards, pool2, engine):
-    """Codes are replaced at a step boundary with the same rows on every rank (the script
-    fails if the replicas' weights differ afterwards), through each engine's write_full: a
-    sharded DTensor, DeepSpeed's fp32 partitions (ZeRO-2) and its partitioned parameters
-    (ZeRO-3), in the GAN codec (a smaller GAN, ``CODEC_SMALL_GAN``). DDP's is a plain copy on a
-    replica."""
+def test_dead_code_reset_writes_every_shard_and_the_optimizer_keeps_it(tmp_path, audio_shards, pool2, engine):
+    """Codes are replaced after step 2 with the same rows on every rank (the step runner fails if
+    the replicas differ) through each engine's write_full: a sharded DTensor, DeepSpeed's fp32
+    partitions (ZeRO-2) and its partitioned parameters (ZeRO-3), in the GAN codec (a smaller GAN,
+    ``CODEC_SMALL_GAN``); DDP's is a plain copy on a replica. The whole codebooks, gathered from
+    every rank's shard, hold the new rows, and still do after step 3's optimizer step, which moves
+    them by no more than its learning rate (a write the optimizer's own copy missed would bring
+    the old rows back)."""
     out = _run(pool2, tmp_path, "codec", audio_shards, engine, *engine_overrides(tmp_path)[engine],
-               "quantizer.dead_code_every=1", *CODEC_SMALL_GAN)
-    assert sum(m["codes_reset"] for m in out["metrics"]) > 0
+               "quantizer.dead_code_every=2", *CODEC_SMALL_GAN, steps=steps_recording_resets)
+    assert list(out["resets"]) == [2]
+    before, after = out["resets"][2]
+    rows = 0
+    for stage, (old, new) in enumerate(zip(before, after)):
+        final = out["params"][f"quantizer.quantizers.{stage}.codebook.weight"]
+        reset = (old != new).any(dim=1)
+        rows += int(reset.sum())
+        # Step 3's AdamW moves each element by about its learning rate, 1.5e-4 (warm-up).
+        torch.testing.assert_close(final[reset], new[reset], rtol=0, atol=1e-3)
+        assert ((final[reset] - old[reset]).abs().amax(dim=1) > 1e-2).all(), stage
+        torch.testing.assert_close(final[~reset], old[~reset], rtol=0, atol=1e-3)
+    assert rows == out["metrics"][1]["codes_reset"] > 0
 
 
 def cli_counting_graphs(*argv: str) -> tuple[int, int, int]:
