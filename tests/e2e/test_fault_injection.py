@@ -9,13 +9,12 @@ The matrix in docs/reliability.md maps the nine cases to these tests (and to the
 corrupt shards).
 """
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-
-import pytest
 
 from aurora.train.faults import SWITCH as FAULTS
 from tests.helpers.runs import (REPO, STRAIGHT_STEPS as STEPS, assert_same_weights, cli, free_port, lm_train_args,
@@ -76,8 +75,8 @@ def test_a_lost_node_shrinks_the_job_and_the_loss_goes_on(tmp_path, token_shards
            "RDZV_CONF": "last_call_timeout=1"}
     nodes = []
     for _ in range(2):  # the first hosts the rendezvous store: it is the one that survives
-        nodes.append(subprocess.Popen(_command(shrunk, token_shards, []), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        nodes.append(subprocess.Popen(_command(shrunk, token_shards, ["trainer.record_sample_keys=true"]), cwd=REPO,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         time.sleep(1.0)
     metrics = shrunk / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -95,6 +94,17 @@ def test_a_lost_node_shrinks_the_job_and_the_loss_goes_on(tmp_path, token_shards
     for step in range(resumed_at + 1, STEPS + 1):  # other samples, smaller global batches, same trajectory
         assert abs(continued[step - 1]["loss"] - uninterrupted[step - 1]["loss"]) < 0.1, step
         assert continued[step - 1]["loss"] < uninterrupted[0]["loss"] - 0.1, step  # not a fresh start
+    # The keys trained on, step by step (the lost ranks' files cut back to the resumed step): every
+    # epoch of the 32 clips once, whole, on 4 ranks and then on 2, none twice within one.
+    by_step = {}
+    for path in (shrunk / "sample_keys").glob("rank_*.jsonl"):
+        for record in map(json.loads, path.read_text().splitlines()):
+            by_step.setdefault(record["step"], []).extend(record["keys"])
+    assert sorted(by_step) == list(range(1, STEPS + 1))
+    assert [len(by_step[s]) for s in sorted(by_step)] == [16 if s <= resumed_at else 8 for s in sorted(by_step)]
+    keys = [key for s in sorted(by_step) for key in by_step[s]]
+    epochs = [keys[i:i + 32] for i in range(0, len(keys), 32)]
+    assert all(len(set(epoch)) == len(epoch) for epoch in epochs) and len(set(epochs[0])) == 32
 
 
 # 3 -----------------------------------------------------------------------------------------
