@@ -220,16 +220,18 @@ def test_dead_code_reset_writes_every_shard_and_the_optimizer_keeps_it(tmp_path,
     assert rows == out["metrics"][1]["codes_reset"] > 0
 
 
-def cli_counting_graphs(*argv: str) -> tuple[int, int, int]:
+def cli_counting_graphs(*argv: str, recompile_limit: int | None = None) -> tuple[int, int, int]:
     """``aurora train`` in a pool worker, from dynamo's empty caches: its exit code, and how many
     graphs and graph breaks torch.compile made. A compiled unit that hits dynamo's cache limit
-    (and would run eager from there on) fails the run."""
+    (``recompile_limit`` if given, as the limit a run starts from; and would run eager from there
+    on) fails the run."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+    limit = {} if recompile_limit is None else {"recompile_limit": recompile_limit}
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, **limit):
         code = cli(*argv)
     return code, counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
 
@@ -268,16 +270,19 @@ def test_compile_traces_dynamic_batches_once(tmp_path, pool1):
 
 def test_compiled_gan_codec_has_no_graph_break_and_trains_the_eager_numbers(tmp_path, audio_shards, pool1):
     """The GAN codec with every unit compiled: no graph break (an fp32 region once broke every
-    graph it was in), no unit past dynamo's cache (5 period and 3 STFT sub-discriminators share
-    two forwards: 8 graphs was dynamo's default limit for each), and the eager run's losses and
-    gradient norms. With ``aot_eager``, dynamo's graphs and AOTAutograd's backward run on eager
-    kernels: inductor would take minutes per graph on a CPU (the GPU check compiles with it)."""
+    graph it was in), no unit past dynamo's cache, and the eager run's losses and gradient norms.
+    Sub-discriminators of one kind share a forward, each instance its own graphs: the preset's 5
+    period and 3 STFT ones passed dynamo's default limit of 8 per code object. The smaller GAN
+    (``CODEC_SMALL_GAN``, 2 of each, half the compile time) makes the same test against a limit of
+    1, from which the engine must raise it. With ``aot_eager``, dynamo's graphs and AOTAutograd's
+    backward run on eager kernels: inductor would take minutes per graph on a CPU (the GPU check
+    compiles with it)."""
     args = ["train", "configs/codec/tiny.yaml", f"data.shards={audio_shards}", "data.segment_seconds=0.2",
             "data.batch_size=4", "trainer.max_steps=2", "trainer.log_every=1", "trainer.progress_bar=false",
-            "trainer.checkpoint_every=2"]
+            "trainer.checkpoint_every=2", *CODEC_SMALL_GAN]
     assert pool1.run(cli, *args, f"run.dir={tmp_path / 'eager'}")[0].value == 0
     code, graphs, breaks = pool1.run(cli_counting_graphs, *args, f"run.dir={tmp_path / 'compiled'}", "engine.compile=true",
-                                     "engine.compile_backend=aot_eager")[0].value
+                                     "engine.compile_backend=aot_eager", recompile_limit=1)[0].value
     assert (code, breaks) == (0, 0) and graphs > 0
     for eager, compiled in zip(read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled"), strict=True):
         for key in ("loss", "grad_norm", "discriminator/loss", "discriminator/grad_norm"):
