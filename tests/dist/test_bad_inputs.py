@@ -2,12 +2,11 @@
 longer than the LM reads is cut and counted when the config says so."""
 
 import io
-import json
 import shutil
 import tarfile
 
 from data_prep.synth_tokens import write_token_shards
-from tests.helpers.runs import CODEC_SMALL_GAN, cli, lm_train_args, read_metrics
+from tests.helpers.runs import CODEC_SMALL_GAN, cli, lm_train_args, read_metrics, sample_key_records
 
 
 def _corrupt_first_flac(src, dst) -> str:
@@ -22,12 +21,6 @@ def _corrupt_first_flac(src, dst) -> str:
             member.size = len(data)
             tout.addfile(member, io.BytesIO(data))
     return garbled
-
-
-def _keys_by_rank(run) -> list[list[list[str]]]:
-    """Each rank's trained keys, step by step (``trainer.record_sample_keys``)."""
-    return [[json.loads(line)["keys"] for line in (run / "sample_keys" / f"rank_{rank:05d}.jsonl").read_text().splitlines()]
-            for rank in (0, 1)]
 
 
 def test_corrupt_flac_member_is_skipped_and_counted(tmp_path, audio_shards, pool2):
@@ -56,10 +49,10 @@ def test_corrupt_flac_member_is_skipped_and_counted(tmp_path, audio_shards, pool
     assert any("shard-000000.tar" in r.output for r in results)
 
     draws = {}  # rank: where the corrupt sample is in the intact run's stream of that rank
-    for rank, (expected, seen) in enumerate(zip(_keys_by_rank(intact), _keys_by_rank(corrupt))):
-        stream = [key for keys in expected for key in keys]
+    for rank, (expected, seen) in enumerate(zip(sample_key_records(intact), sample_key_records(corrupt))):
+        stream = [key for record in expected for key in record["keys"]]
         draws[rank] = [i for i, key in enumerate(stream) if key == bad]
-        assert [key for keys in seen for key in keys] == [key for key in stream if key != bad][: batch * steps], rank
+        assert [key for record in seen for key in record["keys"]] == [key for key in stream if key != bad][: batch * steps], rank
         assert len(stream) - len(draws[rank]) >= batch * steps
     assert sum(map(len, draws.values())) >= 2  # 6 steps go over the shards more than once
     # A rank's i-th draw comes after d - i good samples: it is counted with the batch they fill.
@@ -77,8 +70,7 @@ def test_truncated_captions_are_counted_over_both_ranks(tmp_path, pool2):
                          "trainer.record_sample_keys=true")
     assert [r.value for r in pool2.run(cli, *args)] == [0, 0]
     long_keys = {f"clip{i:05d}" for i in range(0, 24, 3)}
-    seen = [json.loads(line) for rank in (0, 1) for line in
-            (run / "sample_keys" / f"rank_{rank:05d}.jsonl").read_text().splitlines()]
+    seen = [record for records in sample_key_records(run) for record in records]
     for metrics in read_metrics(run):
         expected = sum(key in long_keys for record in seen if record["step"] <= metrics["step"] for key in record["keys"])
         assert metrics["data/truncated_text"] == expected

@@ -3,12 +3,10 @@ no sample lost, none repeated (recorded keys across the change). The ranks come 
 session's pools (and a pool of three here); a real launcher's shrink after a lost node is
 tests/e2e/test_fault_injection.py's."""
 
-import json
-
 import pytest
 
 from tests.helpers.pool import WorkerPool
-from tests.helpers.runs import cli, lm_train_args, read_metrics
+from tests.helpers.runs import cli, keys_by_step, lm_train_args, read_metrics
 
 BATCH = 2  # 32 token clips; every count below divides evenly, so the epoch ends on a step
 
@@ -28,15 +26,6 @@ def _train(pool, run_dir, shards, max_steps) -> str:
     return results[0].output
 
 
-def _keys_by_step(run_dir):
-    steps = {}
-    for path in sorted((run_dir / "sample_keys").glob("rank_*.jsonl")):
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            steps.setdefault(record["step"], []).extend(record["keys"])
-    return steps
-
-
 @pytest.mark.parametrize("before, after", [(4, 2), (2, 3)])
 def test_elastic_resume_covers_the_epoch_once(request, tmp_path, token_shards, before, after):
     # before ranks take 2 steps (4 x 2 x 2 = 16 or 2 x 2 x 2 = 8 clips); after ranks share the
@@ -45,7 +34,7 @@ def test_elastic_resume_covers_the_epoch_once(request, tmp_path, token_shards, b
     _train(request.getfixturevalue(pools[before]), tmp_path, token_shards, 2)
     out = _train(request.getfixturevalue(pools[after]), tmp_path, token_shards, 6)
     assert f"elastic resume: {before} ranks saved step_00000002, {after} continue it" in out
-    steps = _keys_by_step(tmp_path)
+    steps = keys_by_step(tmp_path)
     assert sorted(steps) == list(range(1, 7))
     assert all(len(steps[s]) == BATCH * (before if s <= 2 else after) for s in steps)
     keys = [k for s in sorted(steps) for k in steps[s]]

@@ -9,7 +9,6 @@ The matrix in docs/reliability.md maps the nine cases to these tests (and to the
 corrupt shards).
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,8 @@ import sys
 import time
 
 from aurora.train.faults import SWITCH as FAULTS
-from tests.helpers.runs import (REPO, STRAIGHT_STEPS as STEPS, assert_same_weights, cli, free_port, lm_train_args,
-                                read_metrics, weights)
+from tests.helpers.runs import (REPO, STRAIGHT_STEPS as STEPS, assert_same_weights, cli, free_port, keys_by_step,
+                                lm_train_args, read_metrics, weights)
 
 
 def _launch_env(max_restarts: int, fault_env: dict | None, nproc: int = 2) -> dict:
@@ -96,10 +95,7 @@ def test_a_lost_node_shrinks_the_job_and_the_loss_goes_on(tmp_path, token_shards
         assert continued[step - 1]["loss"] < uninterrupted[0]["loss"] - 0.1, step  # not a fresh start
     # The keys trained on, step by step (the lost ranks' files cut back to the resumed step): every
     # epoch of the 32 clips once, whole, on 4 ranks and then on 2, none twice within one.
-    by_step = {}
-    for path in (shrunk / "sample_keys").glob("rank_*.jsonl"):
-        for record in map(json.loads, path.read_text().splitlines()):
-            by_step.setdefault(record["step"], []).extend(record["keys"])
+    by_step = keys_by_step(shrunk)
     assert sorted(by_step) == list(range(1, STEPS + 1))
     assert [len(by_step[s]) for s in sorted(by_step)] == [16 if s <= resumed_at else 8 for s in sorted(by_step)]
     keys = [key for s in sorted(by_step) for key in by_step[s]]

@@ -99,6 +99,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
 
 
+def sample_key_records(run_dir: Path) -> list[list[dict]]:
+    """Each rank's ``trainer.record_sample_keys`` log, in rank order: its records ({"step", "keys"})."""
+    paths = sorted((Path(run_dir) / "sample_keys").glob("rank_*.jsonl"))
+    return [[json.loads(line) for line in path.read_text().splitlines()] for path in paths]
+
+
+def keys_by_step(run_dir: Path) -> dict[int, list[str]]:
+    """The keys every rank trained on at each step (``trainer.record_sample_keys``)."""
+    steps: dict[int, list[str]] = {}
+    for records in sample_key_records(run_dir):
+        for record in records:
+            steps.setdefault(record["step"], []).extend(record["keys"])
+    return steps
+
+
 def weights(run_dir: Path, step: int | None = None, part: str | None = None) -> dict[str, torch.Tensor]:
     """The model (or extra part ``part``) of a run's latest checkpoint, or of step ``step``, as a
     plain state dict, loaded the way evaluation and export load it (any engine's checkpoint)."""
