@@ -23,6 +23,8 @@ setup(
         # Codec evaluation on 16 kHz speech: wideband PESQ (built from source) and STOI.
         "pesq==0.0.4",
         "pystoi==0.4.1",
+        # The diffusion teacher's noise schedule and samplers, the LCM student's multistep sampler.
+        "diffusers==0.42.1",
     ],
     extras_require={
         # DALI's CUDA 13 wheel also runs its CPU pipelines, so the tests exercise data.backend=dali.
