@@ -153,8 +153,9 @@ def length_masks(codec: nn.Module, frames: torch.Tensor, padded_frames: int) -> 
 
 
 def encode_batch(codec: nn.Module, clips: list[torch.Tensor], device: torch.device, precision: str,
-                 masked: bool) -> list[torch.Tensor]:
-    """Codes (int16 [n_q, ceil(len / hop)], on the CPU) of each clip (FloatTensor [len]),
+                 masked: bool, latents: bool = False) -> list[torch.Tensor]:
+    """Codes (int16 [n_q, ceil(len / hop)], on the CPU) of each clip (FloatTensor [len]), or
+    with ``latents`` its encoder's latents before quantization (float16 [latent_dim, ceil(len / hop)]),
     encoded as one batch padded to its longest clip."""
     hop = codec.cfg.hop_length
     frames = [frames_of(len(clip), hop) for clip in clips]
@@ -165,8 +166,9 @@ def encode_batch(codec: nn.Module, clips: list[torch.Tensor], device: torch.devi
     uneven = masked and min(frames) != padded
     masks = length_masks(codec, torch.tensor(frames), padded) if uneven else contextlib.nullcontext()
     with torch.inference_mode(), bf16_autocast(device.type, enabled=precision == "bf16"), masks:
-        codes = codec.encode(batch.to(device, non_blocking=True))
-    codes = codes.to(torch.int16).cpu()
+        wav = batch.to(device, non_blocking=True)
+        codes = codec.latents(wav).to(torch.float16) if latents else codec.encode(wav).to(torch.int16)
+    codes = codes.cpu()
     return [codes[i, :, : frames[i]] for i in range(len(clips))]
 
 
@@ -239,8 +241,10 @@ class BatchEncoder:
     """Encodes windows of clips in length-bucketed batches; keeps batch statistics."""
 
     def __init__(self, codec: nn.Module, device: torch.device, precision: str, batching: str,
-                 batch_seconds: float, bucket_width: float = DEFAULT_BUCKET_WIDTH):
+                 batch_seconds: float, bucket_width: float = DEFAULT_BUCKET_WIDTH, latents: bool = False):
         self.codec, self.device, self.precision, self.batching = codec, device, precision, batching
+        self.latents = latents
+        """Encode to the latents before quantization rather than to codes (``encode_batch``)."""
         self.hop = codec.cfg.hop_length
         self.budget = max(1, int(batch_seconds * codec.cfg.sample_rate))
         self.width = 0.0 if batching == "equal-length" else bucket_width
@@ -248,7 +252,7 @@ class BatchEncoder:
         self.stats = BatchStats()
 
     def encode(self, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Codes of each clip, in the order given."""
+        """Codes (or latents) of each clip, in the order given."""
         frames = [frames_of(len(clip), self.hop) for clip in clips]
         if self.batching == "single":
             batches = [[i] for i in range(len(clips))]
@@ -258,7 +262,7 @@ class BatchEncoder:
         for batch in batches:
             started = time.perf_counter()
             codes = encode_batch(self.codec, [clips[i] for i in batch], self.device, self.precision,
-                                 masked=self.batching == "masked")
+                                 masked=self.batching == "masked", latents=self.latents)
             self.stats.encode_s += time.perf_counter() - started
             longest = max(frames[i] for i in batch)
             self.stats.batches += 1

@@ -4,7 +4,7 @@
         [--batch-seconds S] [--bucket-window N] [--bucket-width W]
         [--batching auto|masked|equal-length|single]
         [--precision bf16|fp32] [--device cpu|cuda|cuda:N] [--decode-threads N] [--resample]
-        [--max-seconds S] [--max-member-mb MB]
+        [--max-seconds S] [--max-member-mb MB] [--latents]
 
 ``--codec`` is an exported codec (``model.safetensors`` + ``config.json``, ``aurora.exported``:
 e.g. the ``codec/`` folder of another token set) or, with ``--trust-checkpoint`` only, a codec
@@ -14,7 +14,10 @@ can run code when read (docs/reliability.md, the trust boundary).
 
 Output, per audio shard, a token shard of the same name: ``KEY.codes.npy`` (int16 [n_q, T],
 T = ceil(samples / hop_length)) + ``KEY.json`` (the source json plus ``frames`` and
-``frame_rate``), samples in the source order; bad samples are skipped and counted, as in
+``frame_rate``), samples in the source order. With ``--latents``, a latent shard instead: ``KEY.latents.npy``
+(float16 [latent_dim, T], the codec encoder's output before quantization: what a latent
+diffusion model learns, and what the codec's decoder turns back into audio) + ``KEY.json``;
+its manifest is of kind ``latents`` and holds ``latent_dim``. Bad samples are skipped and counted, as in
 training, by the loader's rules (aurora.data): clips longer than ``--max-seconds`` by their
 header (``data.max_seconds``; a clip is decoded whole) and members larger than
 ``--max-member-mb`` are skipped before they are decoded or read. Next to it ``NAME.done.json`` records the finished shard. At the end rank 0 writes
@@ -150,6 +153,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
         except Exception as exn:  # noqa: BLE001 - a bad sample, or a broken job: SampleFailures tells
             return None, None, exn
 
+    member = "latents.npy" if encoder.latents else "codes.npy"
     kill_at = fault_kill_shard(FAULT_KILL_ENV)
     samples, frames_total, audio_samples, text_bytes = 0, 0, 0, 0
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -164,7 +168,7 @@ def tokenize_shard(index: int, url: str, out_path: Path, encoder: BatchEncoder, 
             codes = encoder.encode([example["audio"] for example, _ in window])
             for (example, meta), c in zip(window, codes):
                 meta.update(frames=c.shape[-1], frame_rate=cfg.frame_rate)
-                sink.write({"__key__": example["key"], "codes.npy": npy_bytes(c.numpy()),
+                sink.write({"__key__": example["key"], member: npy_bytes(c.numpy()),
                             "json": json.dumps(meta).encode()})
                 samples += 1
                 frames_total += c.shape[-1]
@@ -248,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-member-mb", type=float, default=DataConfig.max_member_mb,
                         help="skip (and count) samples with a member larger than this many MB, unread "
                              "(default %(default)g, as data.max_member_mb)")
+    parser.add_argument("--latents", action="store_true",
+                        help="write the encoder's latents before quantization (KEY.latents.npy, float16 "
+                             "[latent_dim, T]: a latent set for the diffusion recipe) instead of codes")
     parser.add_argument("--resample", action="store_true",
                         help="resample clips whose rate differs from the codec's (default: stop with an error)")
     return parser
@@ -317,14 +324,15 @@ def run(args: argparse.Namespace) -> None:
 
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        expect = {"codec_id": ident, "precision": precision, "n_q": cfg.n_q}
+        expect = {"codec_id": ident, "precision": precision, "n_q": cfg.n_q,
+                  "output": "latents" if args.latents else "codes"}
         done = {i: r for i, url in enumerate(urls) if (r := finished_record(out, url, expect, "token set")) is not None}
         todo = [i for i in range(len(urls)) if i not in done]
         barrier()  # everyone has seen which shards were done before anyone writes a record
 
         examples = AudioExamples(cfg.sample_rate, segment_seconds=None, max_seconds=args.max_seconds)
         expected = {shard["name"]: shard["samples"] for shard in manifest["shards"]} if manifest else {}
-        encoder = BatchEncoder(codec, device, precision, batching, batch_seconds, args.bucket_width)
+        encoder = BatchEncoder(codec, device, precision, batching, batch_seconds, args.bucket_width, args.latents)
         started = time.perf_counter()
         mine = todo[env.rank::env.world_size]
         clips = frames = 0
@@ -379,8 +387,10 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
 
     export_codec(codec.cpu(), out / CODEC_DIR)
     shards = [{"name": r["name"], "samples": r["samples"], "seconds": r["seconds"]} for r in records]
-    write_manifest(out, "tokens", shards, cfg.sample_rate, n_q=cfg.n_q, codebook_size=cfg.codebook_size,
-                   frame_rate=cfg.frame_rate, hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,
+    what = ({"kind": "latents", "latent_dim": cfg.latent_dim, "latent_dtype": "float16"} if args.latents
+            else {"kind": "tokens", "n_q": cfg.n_q, "codebook_size": cfg.codebook_size})
+    write_manifest(out, shards=shards, sample_rate=cfg.sample_rate, **what, frame_rate=cfg.frame_rate,
+                   hop_length=cfg.hop_length, codec=CODEC_DIR, codec_id=ident,
                    text_bytes_max=longest_text(records),
                    codec_source=source, source=str(args.shards), skipped=dict(sorted(skipped.items())),
                    settings={"batching": settings.batching, "batch_seconds": settings.batch_seconds,
@@ -389,7 +399,8 @@ def _finish(out: Path, urls: list[str], expect: dict, ranks: list[dict], codec: 
                              "resample": settings.resample},
                    stats=stats)
     clips = sum(s["samples"] for s in shards)
-    print(f"tokenized {clips} clips into {len(shards)} shards in {out} ({cfg.n_q} codebooks at {cfg.frame_rate:g} Hz, "
+    held = f"latents [{cfg.latent_dim}, T]" if args.latents else f"{cfg.n_q} codebooks"
+    print(f"tokenized {clips} clips into {len(shards)} shards in {out} ({held} at {cfg.frame_rate:g} Hz, "
           f"codec {ident}); skipped: {dict(skipped) or 'none'}")
     print(f"this run: {total['shards']} shards encoded, {done_before} already done; {settings.batching} batching "
           f"({settings.precision}, {device.type}): {batch.summary()['clips_per_batch']:.1f} clips/batch, padding "

@@ -121,6 +121,18 @@ def tokens(audio_shards, codec_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def latents(audio_shards, codec_dir, tmp_path_factory) -> Path:
+    """``audio_shards`` encoded by ``codec_dir`` to latent shards (``data_prep.tokenize --latents``:
+    16 channels at 50 Hz)."""
+    from data_prep import tokenize
+
+    out = tmp_path_factory.mktemp("latents") / "latents"
+    tokenize.main(["--shards", str(audio_shards), "--codec", str(codec_dir), "--out", str(out), "--latents",
+                   *TOKENIZE_BATCHING])
+    return out
+
+
 # -- worker pools -------------------------------------------------------------------------------
 def _pool(*args, **kwargs):
     pool = WorkerPool(*args, **kwargs)

@@ -9,7 +9,8 @@ Every shard set (audio or tokens) carries a manifest next to its tars::
 Token manifests add ``n_q``, ``codebook_size``, ``frame_rate`` and ``codec`` as extra keys; pair
 manifests (aurora.data.pairs) add the same, and ``policy`` and ``reference``. The shard writers
 record ``text_bytes_max``, the longest caption in UTF-8 bytes, which an LM recipe checks against
-its model's text length before training.
+its model's text length before training. Latent manifests (``data_prep.tokenize --latents``) hold
+``latent_dim`` (each sample is float16 ``[latent_dim, T]``), ``latent_dtype``, ``frame_rate`` and the codec.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aurora.data.config import DataError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-KINDS = ("audio", "tokens", "pairs")
+KINDS = ("audio", "tokens", "pairs", "latents")
 REQUIRED_KEYS = ("schema_version", "kind", "sample_rate", "shards", "num_samples", "hours")
 _RECREATE = "re-create the shards with `python -m data_prep.make_shards`"
 

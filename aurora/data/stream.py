@@ -48,6 +48,7 @@ from aurora.data.plan import EpochPlan, Ranges, normalize
 from aurora.data.shuffle import PositionShuffle
 from aurora.data.skips import READ_ERROR, BadSample, SampleFailures, SkipCounter
 from aurora.data.tars import ShardReader, index_shard
+from aurora.data.latents import LatentExamples
 from aurora.data.pairs import PairExamples
 from aurora.data.tokens import TokenExamples
 
@@ -354,13 +355,14 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
 
 
 def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: int, pin_memory: bool = False):
-    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio", "tokens" or "pairs");
+    """The batch stream of ``rank`` out of ``world_size`` for ``kind`` ("audio", "tokens", "pairs" or "latents");
     ``pin_memory`` for a trainer on a GPU."""
     _check(cfg, kind, rank, world_size)
     urls, manifest = resolve_shards(cfg.shards)
     if manifest is not None and manifest["kind"] != kind:
+        make = f" (made from audio shards and a codec by data_prep.tokenize --latents)" if kind == "latents" else ""
         raise DataError(f"data.shards {cfg.shards!r} holds {manifest['kind']} shards, but this task "
-                        f"trains on {kind}: point data.shards at {kind} shards")
+                        f"trains on {kind}: point data.shards at {kind} shards{make}")
     if cfg.backend == "dali":
         from aurora.data.dali import build_dali_loader
 
@@ -389,6 +391,14 @@ def build_loader(cfg: DataConfig, kind: str, rank: int, world_size: int, seed: i
         examples = AudioExamples(cfg.sample_rate, cfg.segment_seconds, pad_to_longest=dynamic,
                                  max_seconds=cfg.max_seconds)
         longest = cfg.segment_seconds
+    elif kind == "latents":
+        dim = (manifest or {}).get("latent_dim")
+        if not isinstance(dim, int) or dim < 1:
+            raise DataError(f"latent shards {cfg.shards!r} need a manifest.json with latent_dim (their channels): "
+                            f"re-create them with data_prep.tokenize --latents")
+        frame_rate = manifest.get("frame_rate")
+        examples = LatentExamples(dim, cfg.context_frames, frame_rate, pad_to_longest=dynamic)
+        longest = cfg.context_frames / frame_rate if dynamic else 0.0
     else:
         noun, maker = _CODE_SHARDS[kind]
         for key, what in (("n_q", "the number of codebooks"), ("codebook_size", "the codes' bound")):

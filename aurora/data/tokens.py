@@ -16,30 +16,33 @@ from aurora.data.skips import DECODE_ERROR, EMPTY_CODES, BadSample
 _RETOKENIZE = "re-create the token shard with data_prep.tokenize"
 
 
-def codes_shape(sample: dict, n_q: int | None, member: str = "codes.npy") -> tuple[int, int]:
+def codes_shape(sample: dict, n_q: int | None, member: str = "codes.npy", dtype: type = np.int16,
+                rows: str = "n_q", remake: str = _RETOKENIZE) -> tuple[int, int]:
     """``(n_q, T)`` of the sample's codes member from its .npy header, without loading the
     codes: BadSample(missing_member, decode_error) unless the header reads as int16 ``[n_q, T]``
     (``n_q``: the manifest's; None leaves it unchecked) and the member holds exactly the bytes
     that shape needs (a header may claim any shape: np.load would allocate it before reading),
-    BadSample(empty_codes) when T is 0."""
+    BadSample(empty_codes) when T is 0. Other arrays of frames (latents) name their ``dtype``,
+    what their ``rows`` are and how to ``remake`` a bad one."""
     require_members(sample, member)
     name = f"{sample['__key__']}.{member}"
     stream = io.BytesIO(sample[member])
     try:
         major, _ = np.lib.format.read_magic(stream)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(stream)
+        shape, _, held = read_header(stream)
     except Exception as exn:  # noqa: BLE001 - numpy parses the header with ast and tokenize, which raise many kinds
-        raise _load_error(name, exn) from None
+        raise _load_error(name, exn, remake) from None
     # The format is int16, what every writer writes: another dtype is refused, not converted,
     # so that a foreign or broken writer shows up.
-    if dtype != np.int16 or len(shape) != 2 or (n_q is not None and shape[0] != n_q):
-        want = f"int16 [n_q={n_q}, T]" if n_q is not None else "int16 [n_q, T]"
-        raise BadSample(DECODE_ERROR, f"{name} is {dtype} {list(shape)}, not {want}: {_RETOKENIZE}")
+    want_dtype = np.dtype(dtype)
+    if held != want_dtype or len(shape) != 2 or (n_q is not None and shape[0] != n_q):
+        want = f"{want_dtype} [{rows}={n_q}, T]" if n_q is not None else f"{want_dtype} [{rows}, T]"
+        raise BadSample(DECODE_ERROR, f"{name} is {held} {list(shape)}, not {want}: {remake}")
     data = len(sample[member]) - stream.tell()
-    if data != shape[0] * shape[1] * dtype.itemsize:
+    if data != shape[0] * shape[1] * held.itemsize:
         raise BadSample(DECODE_ERROR, f"{name}: its header says {list(shape)}, which takes "
-                                      f"{shape[0] * shape[1] * dtype.itemsize} bytes, and it holds {data}: {_RETOKENIZE}")
+                                      f"{shape[0] * shape[1] * held.itemsize} bytes, and it holds {data}: {remake}")
     if shape[1] == 0:
         raise BadSample(EMPTY_CODES, f"{name} has no frames: drop the sample from the shard")
     return shape
@@ -63,8 +66,8 @@ def load_codes(sample: dict, n_q: int | None, codebook_size: int | None, member:
     return codes
 
 
-def _load_error(name: str, exn: Exception) -> BadSample:
-    return BadSample(DECODE_ERROR, f"{name} does not load ({exn}): {_RETOKENIZE}")
+def _load_error(name: str, exn: Exception, remake: str = _RETOKENIZE) -> BadSample:
+    return BadSample(DECODE_ERROR, f"{name} does not load ({exn}): {remake}")
 
 
 class TokenExamples:

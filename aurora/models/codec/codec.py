@@ -164,9 +164,20 @@ class Codec(nn.Module):
         recon = self.decoder(q.quantized)[..., : wav.shape[-1]]
         return CodecOutput(recon, q.codes, q.commitment_loss, q.codebook_loss, q.lookup_inputs, q.n_q_used)
 
+    def latents(self, wav: Tensor) -> Tensor:
+        """wav [B, 1, S] -> the continuous latents before quantization [B, latent_dim, ceil(S / hop_length)]
+        (what a latent diffusion model learns; ``decode_latents`` turns them back into audio)."""
+        return self.encoder(self._pad(wav))
+
     def encode(self, wav: Tensor, n_q: int | None = None) -> Tensor:
         """wav [B, 1, S] -> codes [B, n_q, ceil(S / hop_length)] long."""
-        return self.quantizer.encode(self.encoder(self._pad(wav)), n_q)
+        return self.quantizer.encode(self.latents(wav), n_q)
+
+    def decode_latents(self, latents: Tensor) -> Tensor:
+        """latents [B, latent_dim, T] -> wav [B, 1, T * hop_length], through every quantizer
+        stage (the decoder was trained on quantized latents: generated ones are snapped to the
+        nearest codes first)."""
+        return self.decode(self.quantizer.encode(latents))
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, k, T] (k <= n_q) -> wav [B, 1, T * hop_length]."""
