@@ -80,8 +80,8 @@ _LOSS, _NONFINITE, _STOP, _METRIC, _WORK = "loss", "nonfinite", "stop", "metric/
 
 
 def _padded_units(batch: dict) -> float:
-    """Samples (audio) or frames (tokens) of a batch, padding included."""
-    padded = batch["audio"] if "audio" in batch else batch["codes"]
+    """Samples (audio) or frames (tokens, latents) of a batch, padding included."""
+    padded = next(batch[key] for key in ("audio", "codes", "latents") if key in batch)
     return float(len(batch["lengths"]) * padded.shape[-1])
 
 
