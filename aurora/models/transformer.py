@@ -196,7 +196,11 @@ class Qwen2Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Causal self-attention of x [B, S, hidden]; with ``attn_mask`` (bool, broadcast to
+        [B, heads, S, S]: True where a query may see a key) bidirectional within the mask
+        instead (a diffusion transformer's, which masks padding), without a cache."""
         B, S, _ = x.shape
         q = self.q_proj(x).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -206,7 +210,9 @@ class Qwen2Attention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)
 
         past = k.shape[2] - S
-        if past == 0:
+        if attn_mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)
+        elif past == 0:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             # The queries are the last S keys; SDPA's is_causal aligns them to the first S.

@@ -5,7 +5,8 @@ import importlib
 from aurora.config import ConfigError
 from aurora.tasks.base import Task
 
-_TASKS = {"codec": "aurora.tasks.codec:CodecTask", "lm": "aurora.tasks.lm:LMTask", "dpo": "aurora.tasks.dpo:DPOTask"}
+_TASKS = {"codec": "aurora.tasks.codec:CodecTask", "lm": "aurora.tasks.lm:LMTask", "dpo": "aurora.tasks.dpo:DPOTask",
+          "diffusion": "aurora.tasks.diffusion:DiffusionTask", "lcm": "aurora.tasks.lcm:LCMTask"}
 
 
 def get_task(name: str) -> type[Task]:
