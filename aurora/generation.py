@@ -88,6 +88,9 @@ class LMSampler:
     """An LM (``aurora.exported.load_model``: an export, or a run only if ``trust``) and the codec
     of its tokens, on ``device`` (bf16 autocast on a GPU)."""
 
+    member, dtype = "codes", np.int16
+    """What ``write_samples`` stores beside each clip, and as what."""
+
     def __init__(self, path: str | Path, device: torch.device, step: int | None = None, *, trust: bool,
                  what: str = "LM"):
         from aurora.tasks.codec.load import load_codec
@@ -150,10 +153,11 @@ def my_batches(num_prompts: int, batch_size: int, rank: int, world_size: int) ->
     return [range(start, min(start + batch_size, num_prompts)) for start in starts]
 
 
-def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: SamplingSettings, out_dir: Path,
+def write_samples(sampler, captions: list[str], seed: int, settings, out_dir: Path,
                   batch_size: int, rank: int = 0, world_size: int = 1) -> list[dict]:
     """Sample and write this rank's share of ``captions`` (prompt i seeded ``seed + i``) into
-    ``out_dir``; the records of the samples written."""
+    ``out_dir`` with ``sampler`` (an ``LMSampler``, or ``aurora.latent_generation.LatentSampler``)
+    and its settings (a dataclass, recorded with each sample); the records of the samples written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rank_records(out_dir, rank, world_size).unlink(missing_ok=True)  # an interrupted run's
     records = []
@@ -163,10 +167,11 @@ def write_samples(sampler: LMSampler, captions: list[str], seed: int, settings: 
         for row, i in enumerate(indices):
             name = f"sample_{i:05d}"
             sf.write(out_dir / f"{name}.flac", audio[row, 0].clamp(-1, 1).numpy(), sampler.codec.cfg.sample_rate)
-            np.save(out_dir / f"{name}.codes.npy", codes[row].numpy().astype(np.int16))
-            records.append({"index": i, "file": f"{name}.flac", "codes": f"{name}.codes.npy", "caption": batch[row],
-                            "seed": seed + i, "frames": codes.shape[-1], "checkpoint": str(sampler.checkpoint),
-                            **{f.name: getattr(settings, f.name) for f in fields(SamplingSettings)}})
+            np.save(out_dir / f"{name}.{sampler.member}.npy", codes[row].numpy().astype(sampler.dtype))
+            records.append({"index": i, "file": f"{name}.flac", sampler.member: f"{name}.{sampler.member}.npy",
+                            "caption": batch[row], "seed": seed + i, "frames": codes.shape[-1],
+                            "checkpoint": str(sampler.checkpoint),
+                            **{f.name: getattr(settings, f.name) for f in fields(settings)}})
     return records
 
 
@@ -200,6 +205,16 @@ def write_index(out_dir: Path, world_size: int) -> int:
     return len(records)
 
 
+LATENT_TASKS = ("diffusion", "lcm")
+"""Recipes whose runs ``aurora.latent_generation`` samples."""
+
+
+def latent_run(path: Path) -> bool:
+    """Whether ``path`` is a diffusion or LCM run or checkpoint (its config.yaml is plain YAML: safe to read)."""
+    config = run_of(Path(path)) / "config.yaml"
+    return config.is_file() and peek_task(config) in LATENT_TASKS
+
+
 def _captions(args: argparse.Namespace) -> list[str]:
     captions = list(args.caption or [])
     if args.captions:
@@ -210,15 +225,20 @@ def _captions(args: argparse.Namespace) -> list[str]:
 
 
 def add_generate_parser(commands) -> None:
-    gen = commands.add_parser("generate", help="sample audio from an LM")
-    gen.add_argument("run", type=Path, metavar="LM",
-                     help="an exported LM folder, or (with --trust-checkpoint) an LM training run directory")
+    gen = commands.add_parser("generate", help="sample audio from an LM, a diffusion teacher or an LCM student")
+    gen.add_argument("run", type=Path, metavar="RUN",
+                     help="an exported LM folder, or (with --trust-checkpoint) an LM, diffusion or LCM training run "
+                          "directory (aurora.latent_generation)")
     gen.add_argument("--caption", action="append", help="a caption to sample (repeatable)")
     gen.add_argument("--captions", type=Path, help="a file of captions, one per line")
     gen.add_argument("--num-samples", type=int, default=1, help="samples per caption")
     gen.add_argument("--out", type=Path, required=True, help="output directory")
     defaults = SamplingSettings()
-    gen.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale)
+    gen.add_argument("--cfg-scale", type=float, default=None,
+                     help=f"classifier-free guidance (LM default {defaults.cfg_scale:g}; diffusion: see "
+                          f"aurora.latent_generation)")
+    gen.add_argument("--steps", type=int, help="diffusion and LCM runs: sampling steps (teacher 50, student 2)")
+    gen.add_argument("--sampler", help="diffusion runs: ddim (default) or dpm (DPM-Solver++)")
     gen.add_argument("--temperature", type=float, default=defaults.temperature)
     gen.add_argument("--top-k", type=int, default=defaults.top_k)
     gen.add_argument("--top-p", type=float, default=defaults.top_p)
@@ -237,13 +257,27 @@ def generate_command(args: argparse.Namespace) -> None:
     from aurora.distributed import barrier, init_distributed, shutdown
 
     captions = _captions(args)
-    settings = SamplingSettings(args.max_seconds, args.temperature, args.top_k, args.top_p, args.cfg_scale)
-    # A wrong or untrusted LM or caption is refused before any process group forms.
-    config = read_config(args.run, LM, trust=args.trust_checkpoint, what="LM")
-    check_captions(captions, config.max_text_len)
+    # A wrong or untrusted model, setting or caption is refused before any process group forms.
+    if is_exported(args.run) or not latent_run(args.run):
+        if args.steps is not None or args.sampler is not None:
+            raise ConfigError("--steps and --sampler are for diffusion and LCM runs: an LM samples its tokens one "
+                              "frame at a time; drop them")
+        cfg_scale = SamplingSettings.cfg_scale if args.cfg_scale is None else args.cfg_scale
+        settings = SamplingSettings(args.max_seconds, args.temperature, args.top_k, args.top_p, cfg_scale)
+        config = read_config(args.run, LM, trust=args.trust_checkpoint, what="LM")
+        check_captions(captions, config.max_text_len)
+        make_sampler = LMSampler
+    else:
+        from aurora.latent_generation import LatentSampler, check_settings
+        from aurora.tasks.diffusion import DIT, diffusion_run_config
+
+        read_config(args.run, DIT, trust=args.trust_checkpoint, what="RUN")
+        settings = check_settings(diffusion_run_config(run_of(args.run)), args.steps, args.cfg_scale, args.sampler,
+                                  args.max_seconds)
+        make_sampler = LatentSampler
     env = init_distributed(DistConfig())
     try:
-        sampler = LMSampler(args.run, env.device, args.step, trust=args.trust_checkpoint)
+        sampler = make_sampler(args.run, env.device, args.step, trust=args.trust_checkpoint)
         records = write_samples(sampler, captions, args.seed, settings, args.out, args.batch_size, env.rank,
                                 env.world_size)
         write_rank_records(args.out, records, env.rank, env.world_size)

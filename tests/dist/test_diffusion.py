@@ -10,8 +10,10 @@ run's weights, without gradients, sharded under FSDP). The LCM's teacher is the 
 run.
 """
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +25,7 @@ from aurora.tasks import get_task
 from aurora.tasks.base import MAIN_PART
 from aurora.tasks.lcm import TARGET, TEACHER
 from aurora.train.loop import Trainer
+from tests.helpers.runs import cli
 from tests.helpers.steps import GLOBAL_BATCH, full_params, local_micro_batches
 
 STEPS, SAVE_AT = 3, 2
@@ -114,14 +117,23 @@ def test_diffusion_step_on_two_ranks_equals_one_process_and_resumes(tmp_path, la
     _assert_resumed_bit_identical(run)
 
 
+def _student_args(run_dir: Path, latents: Path, teacher_dir: Path, *overrides: str) -> list[str]:
+    return _args(run_dir, latents, f"model.teacher={teacher_dir}", "lcm.ema_decay=0.5", "optim.lr=1e-3", *overrides)
+
+
+@pytest.fixture(scope="module")
+def student_single(tmp_path_factory, latents, teacher_single, pool1) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("lcm") / "single"
+    args = _student_args(run_dir, latents, teacher_single[0], "engine.name=ddp", "trainer.grad_accum_steps=2")
+    return run_dir, pool1.run(steps_and_resume, "lcm", args)[0].value
+
+
 def test_lcm_step_on_two_ranks_equals_one_process_teacher_frozen_ema_followed(tmp_path, latents, teacher_single,
-                                                                              pool1, pool2):
+                                                                              student_single, pool2):
     teacher_dir, _ = teacher_single
-    common = [f"model.teacher={teacher_dir}", "lcm.ema_decay=0.5", "optim.lr=1e-3"]
-    single = pool1.run(steps_and_resume, "lcm", _args(tmp_path / "single", latents, *common, "engine.name=ddp",
-                                                      "trainer.grad_accum_steps=2"))[0].value
-    ranks = [r.value for r in pool2.run(steps_and_resume, "lcm", _args(tmp_path / "fsdp", latents, *common,
-                                                                       "engine.name=fsdp"))]
+    _, single = student_single
+    ranks = [r.value for r in pool2.run(steps_and_resume, "lcm", _student_args(tmp_path / "fsdp", latents, teacher_dir,
+                                                                               "engine.name=fsdp"))]
     run = ranks[0]
     _assert_same(run, single)
     torch.testing.assert_close(run["frozen"][TARGET], single["frozen"][TARGET], rtol=2e-4, atol=2e-5)
@@ -148,3 +160,32 @@ def test_lcm_step_on_two_ranks_equals_one_process_teacher_frozen_ema_followed(tm
     for name, value in ema.items():
         torch.testing.assert_close(run["frozen"][TARGET][name], value, msg=name)
     assert any(not torch.equal(run["frozen"][TARGET][n], run["students"][-1][n]) for n in ema)
+
+
+def _written(out: Path) -> tuple[list[dict], list[np.ndarray]]:
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    return records, [np.load(out / r["latents"]) for r in records]
+
+
+def test_generate_from_the_student_on_two_ranks_and_from_the_teacher(tmp_path, teacher_single, student_single, pool1,
+                                                                     pool2):
+    captions = ["--caption", "a low tone", "--caption", "a noise burst", "--caption", "a chirp"]
+    student = [str(student_single[0]), *captions, "--trust-checkpoint", "--max-seconds", "0.2", "--cfg-scale", "6"]
+    for steps in ("1", "4"):
+        assert pool1.run(cli, "generate", *student, "--steps", steps, "--out", str(tmp_path / steps))[0].value == 0
+    assert [r.value for r in pool2.run(cli, "generate", *student, "--steps", "4", "--batch-size", "1",
+                                       "--out", str(tmp_path / "ranks"))] == [0, 0]
+    (records, latents), (ranks, ranks_latents) = _written(tmp_path / "4"), _written(tmp_path / "ranks")
+    assert [(r["caption"], r["seed"], r["steps"], r["sampler"]) for r in records] == [
+        ("a low tone", 0, 4, "lcm"), ("a noise burst", 1, 4, "lcm"), ("a chirp", 2, 4, "lcm")]
+    assert ranks == records
+    for one, two in zip(latents, ranks_latents):
+        assert one.shape == (16, 10) and one.dtype == np.float16
+        np.testing.assert_allclose(one, two, atol=2e-3)
+    assert all((tmp_path / "ranks" / r["file"]).is_file() for r in records)
+    assert not np.allclose(_written(tmp_path / "1")[1][0], latents[0], atol=1e-2)  # 1 and 4 steps differ
+
+    teacher = [str(teacher_single[0]), *captions, "--trust-checkpoint", "--max-seconds", "0.2", "--steps", "2"]
+    for sampler in ("ddim", "dpm"):
+        assert pool1.run(cli, "generate", *teacher, "--sampler", sampler, "--out", str(tmp_path / sampler))[0].value == 0
+        assert [r["sampler"] for r in _written(tmp_path / sampler)[0]] == [sampler] * 3

@@ -87,3 +87,25 @@ def test_a_diffusion_task_on_token_shards_says_how_to_make_latents(tokens, world
                                           r"data_prep.tokenize --shards AUDIO --codec CODEC --out DIR --latents`"):
         DiffusionTask(cfg, world_of_one)
 
+
+
+def test_generation_settings_outside_what_a_run_supports_are_refused(tmp_path, latents):
+    from aurora.latent_generation import check_settings
+
+    student = load_config(LCMTrainConfig, "configs/lcm/tiny.yaml", ["run.dir=x", "model.teacher=x"])
+    assert check_settings(student, None, None, None, 2.0).__dict__ == {"steps": 2, "cfg_scale": 4.0, "sampler": "lcm",
+                                                                         "seconds": 2.0}
+    for steps in (0, 51):
+        with pytest.raises(ConfigError, match=rf"--steps {steps}: an LCM student samples in 1 to 50 steps"):
+            check_settings(student, steps, None, None, 2.0)
+    with pytest.raises(ConfigError, match=r"--cfg-scale 13: this student was distilled for guidance scales in \[4, 12\]"):
+        check_settings(student, 2, 13.0, None, 2.0)
+    with pytest.raises(ConfigError, match=r"--sampler ddim: an LCM student samples with LCM multistep sampling only"):
+        check_settings(student, 2, None, "ddim", 2.0)
+    teacher = load_config(DiffusionTrainConfig, "configs/diffusion/tiny.yaml", ["run.dir=x"])
+    assert check_settings(teacher, None, None, "dpm", 2.0).__dict__ == {"steps": 50, "cfg_scale": 4.0, "sampler": "dpm",
+                                                                          "seconds": 2.0}
+    with pytest.raises(ConfigError, match=r"--steps 1001: a diffusion teacher samples in 1 to 1000 steps"):
+        check_settings(teacher, 1001, None, None, 2.0)
+    with pytest.raises(ConfigError, match=r"--sampler lcm: a diffusion teacher samples with ddim or dpm"):
+        check_settings(teacher, 2, None, "lcm", 2.0)
