@@ -238,14 +238,18 @@ def cli_counting_graphs(*argv: str, recompile_limit: int | None = None) -> tuple
 
 @pytest.mark.parametrize("engine", ["fsdp", "zero2"])
 def test_activation_checkpointing_and_compile_change_no_number(tmp_path, lm_straight, token_shards, pool2, engine):
-    """Recomputing each block in backward and compiling it (torch.compile, inductor) train the
-    same model: the straight run's (eager FSDP) losses, gradient norms and final weights, within
-    the rounding that inductor's fused kernels reorder. Through ``aurora train``, not
-    ``fixed_batch_steps``: under its collective log (a TorchDispatchMode) torch.compile does not
-    compile, which the graph count checks."""
+    """Recomputing each block in backward and compiling it (torch.compile) train the same model:
+    the straight run's (eager FSDP) losses, gradient norms and final weights, within the rounding
+    that decomposed ops reorder. The backend is ``aot_eager_decomp_partition``: inductor's
+    decompositions and its min-cut partitioner (which decides what backward recomputes), on eager
+    kernels. Inductor's code generation on a CPU is C++, not the triton kernels a GPU runs, and
+    took 45 s of this test (``tools/gpu_check.sh`` compiles with inductor on the GPU). Through
+    ``aurora train``, not ``fixed_batch_steps``: under its collective log (a TorchDispatchMode)
+    torch.compile does not compile, which the graph count checks."""
     run = tmp_path / engine
     args = lm_train_args(run, token_shards, STRAIGHT_STEPS, f"trainer.checkpoint_every={STRAIGHT_STEPS}",
-                         "engine.activation_checkpointing=true", "engine.compile=true", *engine_overrides(tmp_path)[engine])
+                         "engine.activation_checkpointing=true", "engine.compile=true",
+                         "engine.compile_backend=aot_eager_decomp_partition", *engine_overrides(tmp_path)[engine])
     results = [r.value for r in pool2.run(cli_counting_graphs, *args)]
     assert [code for code, _, _ in results] == [0, 0]
     assert all(graphs > 0 for _, graphs, _ in results), results
@@ -256,7 +260,7 @@ def test_compile_traces_dynamic_batches_once(tmp_path, pool1):
     """Under ``data.batching=dynamic`` both the batch size and the length change from batch to
     batch; each compiled block is traced once, with symbolic sizes. (Dynamo's default traces the
     first batch's shape, then again for the second: two graphs.) Tracing is dynamo's, the same under
-    every backend: ``aot_eager`` spares inductor's CPU code generation, which the test above covers."""
+    every backend: ``aot_eager`` spares inductor's CPU code generation."""
     shards = write_token_shards(tmp_path / "shards", frames=40, min_frames=8)
     dynamic = ["data.batching=dynamic", "data.max_seconds_per_batch=3", "data.context_frames=40"]
     loader = build_loader(DataConfig(shards=str(shards), batching="dynamic", max_seconds_per_batch=3,
@@ -266,6 +270,27 @@ def test_compile_traces_dynamic_batches_once(tmp_path, pool1):
     args = lm_train_args(tmp_path / "run", shards, 6, "engine.name=ddp", "engine.compile=true",
                          "engine.compile_backend=aot_eager", *dynamic)
     assert pool1.run(cli_counting_graphs, *args)[0].value == (0, 1, 0)
+
+
+def test_dynamic_batches_of_the_trainers_loader_train_as_one_process(tmp_path, pool1, pool2):
+    """``data.batching=dynamic`` in the Trainer: each rank's loader batches clips of similar
+    length up to a padded-seconds budget, so the ranks' batches differ in examples and frames
+    within a step. FSDP on 2 ranks, each stepping on its Trainer's own loader, equals one process
+    taking each step on one batch of both ranks' examples (read by loaders of 2 ranks): losses,
+    gradient norms, first-step gradients, final weights. Weighting each rank's mean loss alike
+    (not by its valid frames) fails it."""
+    shards = write_token_shards(tmp_path / "shards", frames=40, min_frames=8)
+    dynamic = ["data.batching=dynamic", "data.max_seconds_per_batch=3", "data.context_frames=40", "data.num_workers=0"]
+    data = DataConfig(shards=str(shards), batching="dynamic", max_seconds_per_batch=3, context_frames=40, num_workers=0)
+    shapes = [[tuple(batch["codes"].shape) for batch, _ in zip(build_loader(data, "tokens", rank, 2, seed=0), range(STEPS))]
+              for rank in (0, 1)]
+    assert any(a[0] != b[0] for a, b in zip(*shapes)) and any(a[2] != b[2] for a, b in zip(*shapes)), shapes
+    config, base = RECIPES["lm"]
+    args = [f"data.shards={shards}", "trainer.progress_bar=false", *base, *dynamic]
+    single = pool1.run(fixed_batch_steps, config, [*args, f"run.dir={tmp_path / 'single'}"], data_ranks=2)[0].value
+    fsdp = pool2.run(fixed_batch_steps, config, [*args, f"run.dir={tmp_path / 'fsdp'}", "engine.name=fsdp"],
+                     data_ranks=2)[0].value
+    assert_same_steps(single, fsdp)
 
 
 def test_compiled_gan_codec_has_no_graph_break_and_trains_the_eager_numbers(tmp_path, audio_shards, pool1):

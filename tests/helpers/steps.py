@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -111,16 +112,62 @@ def full_params(part, prefix: str = "") -> dict[str, torch.Tensor]:
             for name, p in part.model.named_parameters()}
 
 
+def loader_micro_batches(trainer: Trainer, cfg, rank: int, world: int, data_ranks: int) -> Callable[[int], list[dict]]:
+    """Each step's micro-batches (a function of the step) from the recipe's own loader
+    (``cfg.data``) as ``data_ranks`` ranks read it: rank ``rank`` of ``world`` takes the next batch
+    of each of ranks ``rank * k .. rank * k + k - 1`` (``k = data_ranks / world``), as its ``k``
+    micro-batches, or with ``grad_accum_steps=1`` as one batch of all their examples
+    (``merged``). On ``data_ranks == world`` that is the Trainer's own loader."""
+    k, uneven = divmod(data_ranks, world)
+    accum = cfg.trainer.grad_accum_steps
+    if uneven or accum not in (1, k):
+        raise ValueError(f"{data_ranks} loader ranks on {world} ranks need grad_accum_steps 1 or {data_ranks // world}")
+    if k == 1:
+        streams = [iter(trainer.loader)]
+    else:
+        streams = [iter(build_loader(cfg.data, trainer.task.data_kind, r, data_ranks, cfg.run.seed))
+                   for r in range(rank * k, rank * k + k)]
+    if accum == 1:
+        return lambda step: [merged([next(stream) for stream in streams])]
+    return lambda step: [next(stream) for stream in streams]
+
+
+def merged(batches: list[dict]) -> dict:
+    """One batch of every example of ``batches``: tensors concatenated along the examples, each
+    padded at the end of its last dimension to the longest (with zeros, which must not count:
+    they are beyond every example's length)."""
+    out = {}
+    for name in batches[0]:
+        if name == "skipped":
+            continue
+        values = [b[name] for b in batches]
+        if isinstance(values[0], torch.Tensor):
+            longest = max(v.shape[-1] for v in values)
+            values = [torch.nn.functional.pad(v, (0, longest - v.shape[-1])) if v.ndim > 1 else v for v in values]
+            out[name] = torch.cat(values)
+        else:
+            out[name] = [item for value in values for item in value]
+    return out
+
+
 def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = None,
-                      steps: int = STEPS) -> dict | None:
+                      steps: int = STEPS, data_ranks: int | None = None) -> dict | None:
     """``steps`` optimizer steps of ``config`` with ``overrides`` (from checkpoint ``resume``'s
-    weights and optimizer state, if given). Raises if the replicas end with different weights.
-    The steps run under a collective log (a TorchDispatchMode), under which torch.compile does
-    not compile: compiled runs are tested through ``aurora train``."""
+    weights and optimizer state, if given), on ``global_batches`` or, with ``data_ranks``, on the
+    recipe's real loader read as by that many ranks (``loader_micro_batches``). Raises if the
+    replicas end with different weights. The steps run under a collective log (a
+    TorchDispatchMode), under which torch.compile does not compile: compiled runs are tested
+    through ``aurora train``."""
     task_cls = get_task(peek_task(config))
     cfg = load_config(task_cls.config_class, config, overrides)
     env = init_distributed(cfg.dist)
     trainer = Trainer(cfg, task_cls, env)
+    if data_ranks is None:
+        def next_micro_batches(step: int) -> list[dict]:
+            batch = global_batches(task_cls.data_kind, cfg, step)
+            return local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
+    else:
+        next_micro_batches = loader_micro_batches(trainer, cfg, env.rank, env.world_size, data_ranks)
     if resume is not None:
         trainer.resume(Path(resume))
     first_grads, recorded = {}, set()
@@ -147,9 +194,7 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
     with CollectiveLog() as comm:
         for step in range(steps):
             comm.mark_step(step + 1)
-            batch = global_batches(task_cls.data_kind, cfg, step)
-            micro = local_micro_batches(batch, env.rank, env.world_size, cfg.trainer.grad_accum_steps)
-            metrics.append(trainer.train_step(iter(micro)))
+            metrics.append(trainer.train_step(iter(next_micro_batches(step))))
             losses.append(metrics[-1]["loss"])
     params = {name: p for part in trainer.parts for name, p in full_params(part, prefix(part)).items()}
     # Replicas must hold the same weights (DDP never re-syncs them after construction).
