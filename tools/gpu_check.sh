@@ -34,6 +34,7 @@ if ((DRY)); then
   # bf16 convolutions on ATen's CPU kernels are slow (aurora.precision): a smaller GAN
   SMALL_GAN=(discriminator.periods=[2,3] discriminator.fft_sizes=[256,128] loss.mel_n_ffts=[64,256]
     loss.mel_n_mels=[10,40])
+  CODEC_BATCH=(data.batch_size=2)  # bf16 on ATen's CPU kernels: 3 s a step for one 0.2 s clip
   CODEC_STEP=(--device cpu --batch 1 --seconds 0.2 --steps 1 --blocks 1 --warmup 1 "${SMALL_GAN[@]}")
   STALL=(--hidden 64 --layers 2 --repeats 1)
   # Inductor's CPU code generation is not what runs on the GPU (triton) and takes most of a minute
@@ -46,6 +47,7 @@ else
   SMALL_LM=()
   THROUGHPUT=(--preset qwen2-0.5b --seq 2048 --batch 4)
   SMALL_GAN=()
+  CODEC_BATCH=()
   CODEC_STEP=()
   STALL=(--repeats 3)
   COMPILE=()
@@ -146,7 +148,7 @@ EOF
 
 step3_codec_gan() {
   local args=(configs/codec/tiny.yaml data.shards="$WORK/audio" data.segment_seconds=0.2 "${COMMON[@]}"
-    engine.precision=bf16 trainer.checkpoint_every=1000 "${SMALL_GAN[@]}")
+    engine.precision=bf16 trainer.checkpoint_every=1000 "${SMALL_GAN[@]}" "${CODEC_BATCH[@]}")
   train "${args[@]}" run.dir="$WORK/codec_ddp" engine.name=ddp trainer.max_steps=$CODEC_STEPS || return 1
   last_metrics "$WORK/codec_ddp"
   train "${args[@]}" run.dir="$WORK/codec_fsdp" engine.name=fsdp trainer.max_steps=2 || return 1
