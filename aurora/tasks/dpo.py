@@ -19,7 +19,7 @@ from torch import nn
 
 from aurora.config import ConfigError
 from aurora.data.manifest import resolve_shards
-from aurora.exported import TRUST_FIELD, load_weights, read_config
+from aurora.exported import TRUST_FIELD, TRUST_FLAG, is_exported, load_weights, read_config
 from aurora.generation import LM
 from aurora.losses.dpo import DPOLossType, SequenceLogps, preference_loss, preference_metrics, sequence_logps
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_targets, mask_padding
@@ -149,12 +149,16 @@ class DPOTask(LMTask):
     def _trust(self) -> dict:
         return {"trust": self.cfg.run.trust_checkpoint, "what": "model.init_from", "how_to_trust": TRUST_FIELD}
 
+    def _lm_argument(self) -> str:
+        """``model.init_from`` as ``data_prep.ref_logprobs`` takes it (a run needs the trust flag there too)."""
+        return f"--lm {self.init_from}" + ("" if is_exported(self.init_from) else f" {TRUST_FLAG}")
+
     def _check_precomputed(self, shards: str, name: str) -> None:
         _, manifest = resolve_shards(shards)
         if manifest is None or not (manifest.get("reference") or {}).get("id"):
             raise ConfigError(
                 f"config: dpo.reference=precomputed, but data.{name}={shards} holds no reference log-probs: run "
-                f"`torchrun --nproc-per-node N -m data_prep.ref_logprobs --lm {self.init_from} --pairs {shards}` "
+                f"`torchrun --nproc-per-node N -m data_prep.ref_logprobs {self._lm_argument()} --pairs {shards}` "
                 f"first, or set dpo.reference=live")
 
     def build_model(self) -> nn.Module:
@@ -171,7 +175,7 @@ class DPOTask(LMTask):
                     raise ConfigError(
                         f"config: data.{name}={shards} holds the log-probs of reference {saved['id']} (from "
                         f"{saved.get('run', '?')}), but the policy starts from model.init_from={self.init_from}, "
-                        f"whose id is {ident}: run data_prep.ref_logprobs --lm {self.init_from} on the pairs, "
+                        f"whose id is {ident}: run data_prep.ref_logprobs {self._lm_argument()} on the pairs, "
                         f"or start from the reference's run")
         return model
 

@@ -99,7 +99,7 @@ def _task(tmp_path, pairs, lm_run, *extra: str) -> DPOTask:
 def test_pairs_without_reference_logprobs_name_the_command_to_run(tmp_path, tokens, lm_run):
     bare = make_pair_shards(tmp_path / "bare", tokens, None)
     with pytest.raises(ConfigError, match=rf"holds no reference log-probs: run `torchrun --nproc-per-node N -m "
-                                          rf"data_prep.ref_logprobs --lm {lm_run} --pairs {bare}`"):
+                                          rf"data_prep.ref_logprobs --lm {lm_run} --trust-checkpoint --pairs {bare}`"):
         _task(tmp_path, bare, lm_run)
     _task(tmp_path, bare, lm_run, "dpo.reference=live")  # a live reference needs none
 
