@@ -128,6 +128,12 @@ class LatentSampler:
     @torch.no_grad()
     def sample(self, captions: list[str], seeds: list[int], settings: LatentSettings) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents [B, latent_dim, frames] and audio [B, 1, samples] (on the CPU) for one batch."""
+        latents = self.latents(captions, seeds, settings)
+        return latents.cpu(), self.codec.decode_latents(latents).float().cpu()
+
+    @torch.no_grad()
+    def latents(self, captions: list[str], seeds: list[int], settings: LatentSettings) -> torch.Tensor:
+        """Generated latents [B, latent_dim, frames] (on the device) for one batch."""
         frames = max(1, round(settings.seconds * self.codec.cfg.frame_rate))
         text, empty = self.text_tokens(captions), self.text_tokens([""] * len(captions))
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -143,6 +149,4 @@ class LatentSampler:
                     x, denoised = step.prev_sample, step.denoised
                 else:
                     x = sched.step(output, t, x).prev_sample
-        latents = denoised if settings.sampler == "lcm" else x
-        audio = self.codec.decode_latents(latents).float()
-        return latents.cpu(), audio.cpu()
+        return denoised if settings.sampler == "lcm" else x
