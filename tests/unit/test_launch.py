@@ -54,3 +54,36 @@ def test_several_nodes_without_an_address_or_a_job_id_are_refused(tmp_path, env,
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith(f"launch/torchrun.sh: {expected}")
+
+
+_FAKE_SLURM = {
+    "scontrol": """#!/usr/bin/env bash
+[[ "$1 $2" == "show hostnames" ]] && printf 'node01\\nnode02\\n'
+""",
+    "srun": """#!/usr/bin/env bash
+echo "$MASTER_ADDR $MASTER_PORT $RDZV_ID $NNODES" >"$SRUN_RECORD"
+""",
+}
+
+
+def _sbatch(tmp_path, job_id: str, **env) -> str:
+    """launch/slurm.sbatch inside a stand-in job of 2 nodes: what its srun was given."""
+    for name, text in _FAKE_SLURM.items():
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    result = subprocess.run(["bash", "launch/slurm.sbatch", "train", "configs/lm/tiny.yaml"], cwd=REPO,
+                            env={**base, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": job_id,
+                                 "SLURM_JOB_NODELIST": "node[01-02]", "SLURM_NNODES": "2",
+                                 "SRUN_RECORD": str(tmp_path / "srun.txt"), **env},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return (tmp_path / "srun.txt").read_text().split()
+
+
+def test_slurm_jobs_meet_on_a_port_of_their_own(tmp_path):
+    """Two jobs whose first node is one host (shared allocations) rendezvous on different ports,
+    each under its job id; a MASTER_PORT given is kept."""
+    first, second = _sbatch(tmp_path, "4242"), _sbatch(tmp_path, "4243")
+    assert first == ["node01", "24242", "4242", "2:2"] and second == ["node01", "24243", "4243", "2:2"]
+    assert _sbatch(tmp_path, "4242", MASTER_PORT="31000")[1] == "31000"
