@@ -31,7 +31,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from aurora.config import ConfigError, load_config, peek_task
+from aurora.config import ConfigError, peek_task
 from aurora.data.manifest import resolve_shards
 from aurora.exported import ModelKind, ModelLoadError, export_model, is_exported, load_model, read_config, run_of
 from aurora.models.audio_lm import AudioLM, AudioLMConfig, encode_text
@@ -132,18 +132,11 @@ def check_captions(captions: list[str], max_text_len: int) -> None:
 
 def load_lm_config(run_dir: Path):
     """The config of an audio LM run (task lm, or a recipe that trains one, such as dpo)."""
-    from aurora.tasks import get_task
+    from aurora.tasks import run_config
     from aurora.tasks.lm import LMTrainConfig
 
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a training run: it has no config.yaml")
-    task = peek_task(config)
-    schema = get_task(task).config_class
-    if not issubclass(schema, LMTrainConfig):
-        raise ConfigError(f"{run_dir} is a '{task}' run, not an audio LM run (task: lm or dpo): captions are "
-                          "sampled from an LM; a codec decodes tokens, it takes no caption")
-    return load_config(schema, config)
+    return run_config(run_dir, LMTrainConfig, "an audio LM run (task: lm or dpo): captions are sampled from an LM; "
+                                             "a codec decodes tokens, it takes no caption")
 
 
 def my_batches(num_prompts: int, batch_size: int, rank: int, world_size: int) -> list[range]:

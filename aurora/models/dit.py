@@ -31,7 +31,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from aurora.models.audio_lm import PAD_ID, TEXT_VOCAB_SIZE
-from aurora.models.transformer import Qwen2Attention, Qwen2MLP, RMSNorm, TransformerConfig, init_weights_, rope_cos_sin
+from aurora.models.transformer import Qwen2DecoderLayer, RMSNorm, TransformerConfig, init_weights_, rope_cos_sin
 
 
 @dataclass
@@ -71,18 +71,14 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class DiTBlock(nn.Module):
+class DiTBlock(Qwen2DecoderLayer):
     """A Qwen2 block modulated by the conditioning vector (adaLN-zero): the unit FSDP shards."""
 
     def __init__(self, config: TransformerConfig, layer_idx: int):
-        super().__init__()
-        self.self_attn = Qwen2Attention(config, layer_idx)
-        self.mlp = Qwen2MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        super().__init__(config, layer_idx)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.hidden_size, 6 * config.hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],  # type: ignore[override]
                 mask: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
         h = self.self_attn(modulate(self.input_layernorm(x), shift1, scale1), rope, attn_mask=mask)

@@ -23,7 +23,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from aurora.config import ConfigError, load_config, peek_task
+from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.config import DataError
 from aurora.data.manifest import resolve_shards
@@ -81,16 +81,12 @@ class DiffusionTrainConfig(TrainConfig):
 
 def diffusion_run_config(run: Path) -> DiffusionTrainConfig:
     """The config of a diffusion run (a teacher, or a recipe that trains a DiT: lcm)."""
-    from aurora.tasks import get_task
+    from aurora.tasks import run_config
 
-    config = Path(run) / "config.yaml"
-    if not config.is_file():
-        raise ModelLoadError(f"{run} is not a training run: it has no config.yaml")
-    task = peek_task(config)
-    schema = get_task(task).config_class
-    if not issubclass(schema, DiffusionTrainConfig):
-        raise ModelLoadError(f"{run} is a '{task}' run, not a diffusion run (task: diffusion or lcm)")
-    return load_config(schema, config)
+    try:
+        return run_config(run, DiffusionTrainConfig, "a diffusion run (task: diffusion or lcm)")
+    except (ConfigError, FileNotFoundError) as e:
+        raise ModelLoadError(str(e)) from None
 
 
 DIT = ModelKind("dit", DiTConfig, DiT, lambda dit: dit.config, lambda run: diffusion_run_config(run).model)
