@@ -88,6 +88,12 @@ def load_config(schema: type, path: str | Path, overrides: list[str] = ()) -> An
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"config: override '{item}' must look like key.sub=value")
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: override '{item}' is not valid YAML ({getattr(e, 'problem', None) or e}): quote "
+                              f"an interpolation or a string with YAML's special characters inside a list or mapping, "
+                              f"e.g. key=['${{oc.env:VAR}}',b]") from None
     data = _read_yaml(path)
     _refuse_moved_keys(path, data, list(overrides))
     try:

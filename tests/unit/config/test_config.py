@@ -27,6 +27,9 @@ def test_yaml_and_overrides():
     ("trainer.max_steps=abc", "trainer.max_steps"),
     ("engine.precision=fp8", "engine.precision"),
     ("trainer.max_steps", "must look like key.sub=value"),
+    ("data.shards=[${oc.env:HOME},b]", "override 'data.shards=[${oc.env:HOME},b]' is not valid YAML (did not find "
+                                       "expected ',' or ']'): quote an interpolation"),
+    ("model.n_q=[1,", "override 'model.n_q=[1,' is not valid YAML"),
     ("trainer.hang_timeout_s=3000", "trainer.hang_timeout_s (3000) must be shorter than dist.timeout_s (2400)"),
     ("trainer.eval_every=3", "trainer.eval_every (3) must be a multiple of trainer.checkpoint_every"),
     ("trainer.eval_every=400", "trainer.eval_every is set but data.eval_shards is not"),
