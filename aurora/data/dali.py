@@ -82,8 +82,12 @@ the failed one's checkpoint with the decoder replaced by a constant, reads the s
 loader's rule (``aurora.data.audio.check_flac``, which decodes them with soundfile).
 Fix or drop the sample (``data_prep.make_shards`` skips such clips), or train with
 ``data.backend=native``, which skips and counts bad samples. A tar whose index has a member
-ending past the end of the file (a truncated tar) is refused at start-up, naming the shard;
-one holding fewer usable samples than manifest.json lists is logged. A ``.json`` that breaks
+ending past the end of the file (a truncated tar), or a ``.flac`` or ``.json`` over
+``data.max_member_mb`` (its size is in the index: nothing is read), is refused at start-up,
+naming the shard; one holding fewer usable samples than manifest.json lists is logged. The native reader's other limits (sample rate and channels, resample ratio,
+``data.max_seconds``, from the audio header before decoding) are not applied: DALI decodes and
+resamples whole clips in its own decoder. Verify shards from elsewhere with
+``python -m data_prep.inspect_shards`` (the native rules) before a DALI run. A ``.json`` that breaks
 the native loader's rule (``aurora.data.members.metadata``: not a JSON object, a ``text`` that
 is not a string, a ``duration`` or ``frames`` that is not a positive number) does not stop
 anything: the example keeps an empty caption and is counted under
@@ -171,7 +175,7 @@ class DaliLoader:
         self.digest = hashlib.sha1("\n".join(os.path.basename(u) for u in self.urls).encode()).hexdigest()[:16]
         self.index_paths = _index_files(self.urls)
         if self.index_paths is not None:
-            _check_index(self.urls, self.index_paths, world_size, manifest)
+            _check_index(self.urls, self.index_paths, world_size, manifest, cfg.max_member_mb)
         self._counter = SkipCounter()
         self._restore: bytes | None = None
         """The checkpoint the next pipeline starts from (None: the beginning)."""
@@ -450,9 +454,11 @@ def _index_files(urls: list[str]) -> list[str] | None:
     return paths
 
 
-def _check_index(urls: list[str], index_paths: list[str], world_size: int, manifest: dict | None) -> None:
-    """Refuse truncated tars and fewer samples than ranks; log samples DALI will skip for a
-    missing member, and tars holding fewer samples than manifest.json lists."""
+def _check_index(urls: list[str], index_paths: list[str], world_size: int, manifest: dict | None,
+                 max_member_mb: float) -> None:
+    """Refuse truncated tars, members over ``data.max_member_mb`` and fewer samples than ranks;
+    log samples DALI will skip for a missing member, and tars holding fewer samples than
+    manifest.json lists."""
     listed = {s["name"]: s["samples"] for s in manifest["shards"]} if manifest else {}
     total = incomplete = 0
     for url, path in zip(urls, index_paths):
@@ -462,7 +468,14 @@ def _check_index(urls: list[str], index_paths: list[str], world_size: int, manif
         complete = 0
         for line in lines:
             fields = line.split()
-            exts, ends = fields[0::4], [int(o) + int(n) for o, n in zip(fields[1::4], fields[2::4])]
+            exts, sizes = fields[0::4], [int(n) for n in fields[2::4]]
+            ends = [int(o) + n for o, n in zip(fields[1::4], sizes)]
+            for ext, member_size in zip(exts, sizes):
+                if ext in ("flac", "json") and member_size > max_member_mb * 1e6:
+                    raise DataError(f"shard {url}: the .{ext} of sample {fields[3].rsplit('.', 1)[0]} is "
+                                    f"{member_size / 1e6:.1f} MB, over data.max_member_mb={max_member_mb:g}: DALI "
+                                    f"cannot skip a sample it reads; drop it, raise the limit, or train with "
+                                    f"data.backend=native, which skips and counts it")
             if max(ends, default=0) > size:
                 raise DataError(f"shard {url} is truncated (its member {fields[3]} ends past the end of the "
                                 f"file): re-create or remove it; data.backend=native would read up to the damage "

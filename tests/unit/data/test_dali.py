@@ -211,6 +211,16 @@ def test_truncated_tar_is_refused_naming_it(audio_shards, tmp_path):
         make(shards)
 
 
+def test_a_member_over_the_size_limit_is_refused_from_the_index(audio_shards, tmp_path):
+    """DALI cannot skip a sample it reads: a member over data.max_member_mb stops the start, by
+    the size in the index, naming the shard and the sample."""
+    shards, member = _copy_with(audio_shards, tmp_path, ".flac", b"\0" * 300_000)
+    with pytest.raises(DataError, match=rf"shard-000001.tar: the .flac of sample {member.removesuffix('.flac')} is "
+                                        rf"0.3 MB, over data.max_member_mb=0.25"):
+        make(shards, max_member_mb=0.25)
+    make(audio_shards, max_member_mb=0.25)  # the intact shards' members are smaller
+
+
 def test_bad_json_keeps_the_example_and_counts_it(audio_shards, tmp_path):
     shards, member = _copy_with(audio_shards, tmp_path, ".json", b"{not json")
     batches = take(make(shards, shuffle_buffer=0), 6)
