@@ -51,6 +51,12 @@ class Backend(str, Enum):
     nccl = "nccl"
 
 
+class ProfileMode(str, Enum):
+    off = "off"
+    nsys = "nsys"
+    torch = "torch"
+
+
 class WandbMode(str, Enum):
     offline = "offline"
     online = "online"
@@ -270,6 +276,41 @@ class LoggingConfig:
 
 
 @dataclass
+class ProfileConfig:
+    """A profiling window over steps ``start_step``..``end_step`` (docs/profiling.md). The
+    step-time breakdown (``time/*`` in metrics.jsonl) is always on and needs none of this."""
+    mode: ProfileMode = ProfileMode.off
+    """off; nsys: ``cudaProfilerStart``/``Stop`` around the window, for ``nsys profile
+    --capture-range=cudaProfilerApi`` (``launch/nsys.sh``; needs CUDA); torch: a Kineto trace of
+    the window per rank, ``RUN/profile/rank{r}_steps{a}-{b}.json.gz`` (CPU and GPU)."""
+    start_step: int = ranged(10, 1)
+    """First optimizer step of the window (1-based, as metrics.jsonl counts them)."""
+    end_step: int = ranged(12, 1)
+    """Last optimizer step of the window (included); not before ``start_step``."""
+    ranks: list[int] = field(default_factory=list)
+    """Ranks that profile; empty means every rank. The others train on without waiting for the
+    profiled ranks' traces (written in the background)."""
+    nvtx: bool = False
+    """Emit aurora's NVTX ranges (``aurora/step``, ``aurora/<part>/forward``, ...) on every step,
+    not only inside the window: for an ``nsys`` capture of the whole run."""
+    record_shapes: bool = False
+    """torch: record each operator's input shapes in the trace."""
+    with_stack: bool = False
+    """torch: record the Python stack of each operator (large traces)."""
+    memory: bool = False
+    """Record memory: on CUDA a memory snapshot (``torch.cuda.memory._record_memory_history``)
+    from the start of the run, dumped to ``RUN/profile/rank{r}_steps{a}-{b}_memory.pickle`` at
+    the window's end and to ``rank{r}_oom_step{n}_memory.pickle`` on an out-of-memory error (view
+    them at pytorch.org/memory_viz); under mode=torch also the trace's allocation events, which a
+    CPU run records too. A CPU run has no snapshot: it says so once and goes on."""
+
+    def __post_init__(self):
+        if self.end_step < self.start_step:
+            raise ValueError(f"profile.end_step ({self.end_step}) is before profile.start_step ({self.start_step}): "
+                             f"the window is steps start..end, set end_step >= start_step")
+
+
+@dataclass
 class TrainConfig:
     task: str = MISSING
     """Recipe to run: the name of a module in aurora/tasks (codec, lm)."""
@@ -280,6 +321,7 @@ class TrainConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):

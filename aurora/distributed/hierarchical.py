@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 
 from aurora.config.schema import OuterOptimizer, SyncConfig
+from aurora.perf.spans import span
+from aurora.perf.step_clock import COMM
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,10 @@ class HierarchicalSync:
     def outer_step(self) -> None:
         """Average the parameters across nodes (then the outer optimizer step); collective over
         the cross-node group, so every rank calls it at the same step."""
+        with span("comm/hierarchical_sync", COMM):
+            self._average()
+
+    def _average(self) -> None:
         flat = torch.cat([p.reshape(-1) for p in self.params])
         numel = flat.numel()
         if dist.get_world_size(self.group) == 1:

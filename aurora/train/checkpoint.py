@@ -44,6 +44,8 @@ from torch.distributed.checkpoint.staging import BlockingAsyncStager
 
 from aurora.distributed import DistEnv, barrier
 from aurora.distributed.env import background_group
+from aurora.perf.spans import span
+from aurora.perf.step_clock import CHECKPOINT
 from aurora.runs import (LATEST, SHARED_FILE, complete_checkpoints, rank_file, resolve_checkpoint, saved_world,
                          step_dirname)
 from aurora.train import faults
@@ -222,8 +224,11 @@ class Checkpointer:
     def _finalize(self, step: int) -> None:
         """Main rank: rename into place, then move ``latest``, then prune. The main rank's DCP
         save returns only after every rank's writes and the metadata are done."""
-        if not self.env.is_main:
-            return
+        if self.env.is_main:
+            with span("checkpoint/finalise", CHECKPOINT):
+                self._finalize_main(step)
+
+    def _finalize_main(self, step: int) -> None:
         final = self.dir / step_dirname(step)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(final.with_name(final.name + ".tmp"), final)

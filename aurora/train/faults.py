@@ -15,6 +15,8 @@ job can show that it recovers.
                                        ``eval``, ``samples``: work wrapped by ``aurora.train.nonfatal``),
                                        at every step or, as ``eval@4``, at one
 ``AURORA_FAULT_STEP_DELAY_S=S``        every step sleeps S seconds (a slower job, for signal tests)
+``AURORA_FAULT_TRACE_DELAY_S=S``       writing a profiler trace takes S seconds longer (a large trace
+                                       on a slow disk)
 ``AURORA_FAULT_DISK_QUOTA_BYTES=N``    checkpoint writes fail with ENOSPC once RUN/checkpoints would
                                        exceed N bytes (a full disk, seen at the write call)
 ``AURORA_FAULT_CRASH_BEFORE_LATEST=S`` the process dies after checkpoint S is renamed into place and
@@ -52,6 +54,10 @@ def _number(variable: str, text: str, kind: type) -> int | float:
         raise ValueError(f"{variable}: {text!r} is not {what} (the formats are in aurora/train/faults.py)") from None
 
 
+def _seconds(variable: str) -> float:
+    return _number(variable, _setting(variable) or "0", float)
+
+
 def _steps_for_rank(variable: str, rank: int) -> set[int]:
     steps = set()
     for item in filter(None, _setting(variable).split(",")):
@@ -69,8 +75,7 @@ def maybe_poison_loss(loss: torch.Tensor, step: int, rank: int) -> torch.Tensor:
 
 def after_step(step: int, rank: int) -> None:
     """Faults that strike a rank between optimizer steps."""
-    delay = _number("AURORA_FAULT_STEP_DELAY_S", _setting("AURORA_FAULT_STEP_DELAY_S") or "0", float)
-    if delay:
+    if delay := _seconds("AURORA_FAULT_STEP_DELAY_S"):
         time.sleep(delay)
     if not _first_attempt():
         return
@@ -79,6 +84,10 @@ def after_step(step: int, rank: int) -> None:
     if step in _steps_for_rank("AURORA_FAULT_HANG", rank):
         while True:  # a rank stuck outside any collective (a dead NFS mount, a deadlocked thread)
             time.sleep(1.0)
+
+
+def delay_trace_write() -> None:
+    time.sleep(_seconds("AURORA_FAULT_TRACE_DELAY_S"))
 
 
 def maybe_raise(point: str, step: int) -> None:

@@ -19,7 +19,9 @@ its source at every start, and a checkpoint records the id of its weights, which
 
 What keeps a long job alive lives beside the loop, one module each: ``nonfatal`` (work whose
 failure must not stop training), ``checkpoint`` (atomic, async, full disks), ``preemption``
-(signals), ``watchdog`` (hangs), ``stops`` (exit codes), ``faults`` (test hooks).
+(signals), ``watchdog`` (hangs), ``stops`` (exit codes), ``faults`` (test hooks); and what measures
+it: ``profiling`` (the ``profile.*`` window), with the spans and the step clock of ``aurora.perf``
+(``time/*`` in metrics.jsonl: the step's wall time by phase, and its spread over ranks).
 """
 
 import dataclasses
@@ -38,7 +40,7 @@ from aurora.config import TrainConfig, to_yaml
 from aurora.config.load import saved_config
 from aurora.config.schema import OptimConfig, OptimizerName, SyncMode
 from aurora.data import batch_to_device, build_loader
-from aurora.distributed import DistEnv, all_reduce_named, all_reduce_sum, barrier
+from aurora.distributed import DistEnv, all_reduce_named, all_reduce_sum, barrier, flight_recorder
 from aurora.distributed.hierarchical import HierarchicalSync
 from aurora.distributed.mesh import REPLICATE, SHARD
 from aurora.engines import Engine, build_engine
@@ -48,10 +50,13 @@ from aurora.train import faults
 from aurora.exported import TRUST_FIELD, load_weights
 from aurora.runs import engine_files_dir, step_dirname, weights_id
 from aurora.train.checkpoint import Checkpointer
-from aurora.train.metrics import MetricsLogger
+from aurora.train.metrics import STEP_TIMES, MetricsLogger
 from aurora.perf.mfu import mfu, peak_flops
+from aurora.perf.spans import set_clock, span
+from aurora.perf.step_clock import BACKWARD, CHECKPOINT, COMM, DATA, FORWARD, OPTIMIZER, StepClock
 from aurora.train.nonfatal import NonFatal
 from aurora.train.preemption import REQUEUE_EXIT_CODE, PreemptionFlag
+from aurora.train.profiling import ProfileWindow
 from aurora.train.rng import rng_state, seed_everything, set_rng_state
 from aurora.train.schedule import build_scheduler
 from aurora.train.stops import DIVERGED_EXIT_CODE, RunStopped
@@ -159,10 +164,16 @@ class Trainer:
         self.cfg = cfg
         self.env = env
         self.run_dir = Path(cfg.run.dir)
+        self.window = ProfileWindow(cfg.profile, env, self.run_dir)  # first: it refuses a bad profile.*
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         barrier()
+        flight_recorder.dump_under(self.run_dir)
+        self.clock = StepClock(env.device)
+        self._step_started = 0.0
+        self._step_work: dict[str, float] = {}
+        """The step's work totals over ranks (throughput), kept for the rates of the whole step."""
 
         seed_everything(cfg.run.seed)  # the same initial weights on every rank
         self.task = task_cls(cfg, env)
@@ -317,24 +328,28 @@ class Trainer:
     def train_step(self, data_iter) -> dict[str, float]:
         cfg = self.cfg.trainer
         accum = cfg.grad_accum_steps
-        started = time.perf_counter()
+        set_clock(self.clock)
+        self.clock.start()
+        started = self._step_started = time.perf_counter()
         batches, units, items = [], [], Counter()
-        for _ in range(accum):
-            batch = next(data_iter)
-            self.skipped_samples.update(batch.pop("skipped", {}))
-            items.update(self.task.batch_items(batch))
-            items[PADDED_UNITS] += _padded_units(batch)
-            items[VALID_UNITS] += float(batch["lengths"].sum())
-            units.append(self.task.loss_units(batch))
-            batches.append(batch)
-        data_wait = time.perf_counter() - started
-        if cfg.record_sample_keys:
-            self._record_keys([k for b in batches for k in b["keys"]])
+        with span("data", DATA):
+            for _ in range(accum):
+                batch = next(data_iter)
+                self.skipped_samples.update(batch.pop("skipped", {}))
+                items.update(self.task.batch_items(batch))
+                items[PADDED_UNITS] += _padded_units(batch)
+                items[VALID_UNITS] += float(batch["lengths"].sum())
+                units.append(self.task.loss_units(batch))
+                batches.append(batch)
+            data_wait = time.perf_counter() - started
+            if cfg.record_sample_keys:
+                self._record_keys([k for b in batches for k in b["keys"]])
+            batches = [batch_to_device(batch, self.env.device) for batch in batches]
         # Batches differ in size (dynamic batching, padding): weight each micro-batch's mean loss
         # by its valid units (samples, frames, pairs: ``Task.loss_units``), so the step's gradient
         # is the mean over every valid unit of every rank, however the units fell into batches.
-        total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
-        batches = [batch_to_device(batch, self.env.device) for batch in batches]
+        with span("comm/units_all_reduce", COMM):
+            total_units = all_reduce_sum(torch.tensor(sum(units), device=self.env.device)).item()
         carries = [{} for _ in batches]
         out, all_applied, totals = {}, True, {}
         for part in self.parts:
@@ -357,19 +372,32 @@ class Trainer:
         task_metrics = self.task.after_step(self.models, self.step)
 
         elapsed = time.perf_counter() - started
-        world = self.env.world_size
         out.update({"step_time_s": elapsed, "data_wait_s": data_wait, "skipped_steps": self.skipped_steps})
         out["data/padding_fraction"] = 1.0 - totals.pop(VALID_UNITS) / totals.pop(PADDED_UNITS)
-        if MODEL_FLOPS in totals:
-            flops_per_device = totals.pop(MODEL_FLOPS) / elapsed / world
+        self._step_work = totals
+        out.update(self._rates(elapsed))
+        out.update(task_metrics)
+        return out
+
+    def _rates(self, elapsed: float) -> dict[str, float]:
+        """Throughput and model FLOP/s of the step's work over ``elapsed`` seconds."""
+        world, out = self.env.world_size, {}
+        work = dict(self._step_work)
+        if MODEL_FLOPS in work:
+            flops_per_device = work.pop(MODEL_FLOPS) / elapsed / world
             out["perf/tflops_per_device"] = flops_per_device / 1e12
             if (utilisation := mfu(flops_per_device, self.peak_flops)) is not None:
                 out["perf/mfu"] = utilisation
-        for name, total in totals.items():
+        for name, total in work.items():
             out[f"throughput/{name}_per_s"] = total / elapsed
             out[f"throughput/{name}_per_s_per_device"] = total / elapsed / world
-        out.update(task_metrics)
         return out
+
+    def _step_timing(self) -> dict[str, float]:
+        """At a logged step: its wall time from the start of ``train_step`` to now (its checkpoint
+        and evaluation included), split by phase (``time/*``), and the rates over it."""
+        wall = time.perf_counter() - self._step_started
+        return {"step_time_s": wall, **self.clock.read(), **self._rates(wall)}
 
     def _step_part(self, part: TrainedPart, batches: list[dict], units: list[float], total_units: float,
                    carries: list[dict], items: Counter) -> tuple[bool, dict[str, float], dict[str, float]]:
@@ -387,11 +415,13 @@ class Trainer:
         for micro, batch in enumerate(batches):
             weight = units[micro] * self.env.world_size / total_units
             with part.engine.gradient_sync(part.model, enabled=micro == accum - 1), part.engine.autocast():
-                loss, metrics = self.task.part_loss(part.name, self.models, batch, carries[micro], self.step)
+                with span(f"{part.name}/forward", FORWARD):
+                    loss, metrics = self.task.part_loss(part.name, self.models, batch, carries[micro], self.step)
                 if loss is not None:
                     if is_main:
                         loss = faults.maybe_poison_loss(loss, self.step + 1, self.env.rank)
-                    part.engine.backward(loss * weight)
+                    with span(f"{part.name}/backward", BACKWARD):
+                        part.engine.backward(loss * weight)
             if loss is not None:
                 loss_sum += loss.detach().float() * units[micro]
             for name, value in metrics.items():
@@ -403,14 +433,16 @@ class Trainer:
         if is_main:
             local[_STOP] = float(self.preemption.requested)
             local.update({_WORK + name: float(n) for name, n in items.items()})
-        summed = all_reduce_named(local, self.env.device)
+        with span(f"{part.name}/all_reduce", COMM):
+            summed = all_reduce_named(local, self.env.device)
         if is_main:
             self.stop_requested = summed[_STOP] > 0
-        applied, grad_norm = part.engine.apply_step(part.model, part.optimizer, update=summed[_NONFINITE] == 0)
-        lr = part.scheduler.get_last_lr()[0]
-        part.scheduler.step()
-        out = {part.prefixed("loss"): summed[_LOSS], part.prefixed("lr"): lr,
-               part.prefixed("grad_norm"): grad_norm.item()}
+        with span(f"{part.name}/optimizer", OPTIMIZER):
+            applied, grad_norm = part.engine.apply_step(part.model, part.optimizer, update=summed[_NONFINITE] == 0)
+            lr = part.scheduler.get_last_lr()[0]
+            part.scheduler.step()
+            grad_norm = grad_norm.item()
+        out = {part.prefixed("loss"): summed[_LOSS], part.prefixed("lr"): lr, part.prefixed("grad_norm"): grad_norm}
         out.update({name.removeprefix(_METRIC): value / self.env.world_size
                     for name, value in summed.items() if name.startswith(_METRIC)})
         work = {name.removeprefix(_WORK): value for name, value in summed.items() if name.startswith(_WORK)}
@@ -423,22 +455,28 @@ class Trainer:
             with path.open("a") as f:
                 f.write(json.dumps({"step": self.step + 1, "keys": keys}) + "\n")
 
-    def _gather_counts(self) -> dict[str, float]:
-        """Skipped samples, non-fatal errors and the recipe's counters, summed over ranks (one collective)."""
+    def _gather_counts(self, step_time: float) -> tuple[dict[str, float], list[float]]:
+        """Skipped samples, non-fatal errors and the recipe's counters, summed over ranks, and the
+        spread of the step time over ranks (``time/step_max_s``, ``time/step_min_s``,
+        ``time/slowest_rank``), in one collective; also every rank's step time."""
         local = {**{f"data/skipped/{reason}": n for reason, n in self.skipped_samples.items()},
                  **{f"errors/{kind}": n for kind, n in self.nonfatal.counts.items()}, **self.task.counters()}
         per_rank = [None] * self.env.world_size
-        dist.all_gather_object(per_rank, local)
+        dist.all_gather_object(per_rank, (local, step_time))
         total: Counter = Counter()
-        for counts in per_rank:
+        for counts, _ in per_rank:
             total.update(counts)
-        return {name: float(n) for name, n in sorted(total.items())}
+        times = [t for _, t in per_rank]
+        slowest = max(range(len(times)), key=times.__getitem__)
+        out = {name: float(n) for name, n in sorted(total.items())}
+        out.update({"time/step_max_s": times[slowest], "time/step_min_s": min(times), "time/slowest_rank": slowest})
+        return out, times
 
     def _evaluate(self) -> dict[str, float]:
         """Rank 0 evaluates the checkpoint just written; the other ranks go on to the next step."""
         if not self.env.is_main:
             return {}
-        with self.nonfatal("eval"):
+        with self.nonfatal("eval"), span("eval"):
             faults.maybe_raise("eval", self.step)
             return self.task.evaluate(self.checkpointer.dir / step_dirname(self.step))
         return {}
@@ -463,6 +501,34 @@ class Trainer:
         return None
 
     # -- the run ------------------------------------------------------------------------------
+    def _step_and_save(self, data_iter, watchdog: HangWatchdog) -> tuple[dict, RunStopped | None]:
+        """One step, then its checkpoint and evaluation when due; its metrics and why the run
+        must stop after it, if it must."""
+        cfg = self.cfg.trainer
+        try:
+            metrics = self.train_step(data_iter)
+        except torch.OutOfMemoryError:
+            self.window.on_oom(self.step + 1)
+            raise
+        self.nonfatal.step = self.step
+        watchdog.beat(self.step)
+        self.checkpointer.poll()
+        must_stop = self.stop_requested or self.bad_streak >= cfg.max_bad_steps
+        if not (must_stop or self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps):
+            return metrics, None
+        started = time.perf_counter()
+        with span("checkpoint/save", CHECKPOINT):
+            saved = self.save()
+        metrics["checkpoint/stall_s"] = time.perf_counter() - started
+        evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
+        if must_stop or evaluate or self.step == cfg.max_steps:  # these need it on disk
+            with span("checkpoint/wait", CHECKPOINT):
+                saved = self.checkpointer.wait() and saved
+        if saved and evaluate:
+            metrics.update(self._evaluate())
+        watchdog.beat(self.step)
+        return metrics, self._stop(saved)
+
     def fit(self) -> None:
         cfg = self.cfg.trainer
         latest = self.checkpointer.latest()
@@ -470,7 +536,8 @@ class Trainer:
             self.resume(latest)
             if self.env.is_main:
                 print(f"resumed from {latest} at step {self.step}", flush=True)
-                for path in [self.run_dir / "metrics.jsonl", *(self.run_dir / KEYS_DIR).glob("rank_*.jsonl")]:
+                for path in [self.run_dir / "metrics.jsonl", self.run_dir / STEP_TIMES,
+                             *(self.run_dir / KEYS_DIR).glob("rank_*.jsonl")]:
                     _truncate_log(path, self.step)
             barrier()
         logger = MetricsLogger(self.run_dir, self.cfg.logging, OmegaConf.to_container(saved_config(self.cfg)),
@@ -479,32 +546,22 @@ class Trainer:
         with self.preemption, HangWatchdog(cfg.hang_timeout_s, self.env.rank) as watchdog:
             try:
                 while self.step < cfg.max_steps:
-                    metrics = self.train_step(data_iter)
-                    self.nonfatal.step = self.step
-                    watchdog.beat(self.step)
-                    self.checkpointer.poll()
-                    must_stop = self.stop_requested or self.bad_streak >= cfg.max_bad_steps
-                    stop = None
-                    if must_stop or self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
-                        started = time.perf_counter()
-                        saved = self.save()
-                        metrics["checkpoint/stall_s"] = time.perf_counter() - started
-                        evaluate = cfg.eval_every and self.step % cfg.eval_every == 0
-                        if must_stop or evaluate or self.step == cfg.max_steps:  # these need it on disk
-                            saved = self.checkpointer.wait() and saved
-                        if saved and evaluate:
-                            metrics.update(self._evaluate())
-                        watchdog.beat(self.step)
-                        stop = self._stop(saved)
+                    self.window.before_step(self.step + 1)
+                    with span("step"):
+                        metrics, stop = self._step_and_save(data_iter, watchdog)
                     if stop or self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        metrics.update(self._gather_counts())
-                        logger.log(self.step, metrics)
+                        metrics.update(self._step_timing())
+                        counts, rank_times = self._gather_counts(metrics["step_time_s"])
+                        metrics.update(counts)
+                        logger.log(self.step, metrics, rank_times)
+                    self.window.after_step(self.step)
                     logger.advance()
                     if stop:
                         raise stop
                     faults.after_step(self.step, self.env.rank)
             finally:
                 logger.close()
+                self.window.close(self.step)
         barrier()
         with self.nonfatal("samples"):
             faults.maybe_raise("samples", self.step)

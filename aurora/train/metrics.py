@@ -13,6 +13,10 @@ from aurora.config.schema import LoggingConfig
 from aurora.train import faults
 from aurora.train.nonfatal import NonFatal
 
+STEP_TIMES = "step_times.jsonl"
+"""Every rank's step time at each logged step: ``{"step", "step_time_s": [rank 0, rank 1, ...]}``
+lines (the straggler plot of ``tools.profile_report``)."""
+
 
 def _wandb_media(path: Path):
     import wandb
@@ -33,6 +37,7 @@ class MetricsLogger:
         if not is_main:
             return
         self.file = open(Path(run_dir) / "metrics.jsonl", "a", buffering=1)
+        self.step_times = open(Path(run_dir) / STEP_TIMES, "a", buffering=1)
         if cfg.wandb:
             with nonfatal("wandb"):
                 import wandb
@@ -42,15 +47,18 @@ class MetricsLogger:
         if progress_bar:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
-    def log(self, step: int, metrics: dict) -> None:
+    def log(self, step: int, metrics: dict, rank_step_times: list[float] | None = None) -> None:
         """Numbers, and paths of media files (evaluation's audio and images): JSONL records a
-        path as its string, wandb shows the file itself."""
+        path as its string, wandb shows the file itself. ``rank_step_times`` (every rank's step
+        time, in rank order) go to RUN/step_times.jsonl, not to wandb."""
         if not self.active:
             return
         with self.nonfatal("metrics"):
             faults.maybe_raise("metrics", step)
             record = {k: str(v) if isinstance(v, Path) else v for k, v in metrics.items()}
             self.file.write(json.dumps({"step": step, **record}) + "\n")
+            if rank_step_times is not None:
+                self.step_times.write(json.dumps({"step": step, "step_time_s": rank_step_times}) + "\n")
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{metrics.get('lr', 0):.2e}")
         if self.wandb_run is not None:
@@ -68,6 +76,7 @@ class MetricsLogger:
             self.bar.close()
         if self.file is not None:
             self.file.close()
+            self.step_times.close()
         if self.wandb_run is not None:
             with self.nonfatal("wandb"):
                 self.wandb_run.finish()

@@ -14,7 +14,9 @@ timeout (it dumps and exits without the GIL).
 Every rank runs one: when one rank hangs outside a collective, the others block in the next
 collective and their watchdogs fire too, so the logs show where each rank was. The process
 group's collective timeout (``dist.timeout_s``) must be longer, so that the watchdog, with its
-stacks, speaks first (checked when the config is loaded).
+stacks, speaks first (checked when the config is loaded). Before it exits it dumps torch's
+flight recorder, the rank's last collectives (``aurora.distributed.flight_recorder``), when the
+launcher turned the recorder on.
 """
 
 import faulthandler
@@ -22,6 +24,8 @@ import os
 import sys
 import threading
 import time
+
+from aurora.distributed import flight_recorder
 
 HANG_EXIT_CODE = 124
 
@@ -64,5 +68,14 @@ class HangWatchdog:
                       f"follow, then this process exits with code {HANG_EXIT_CODE} for the launcher to "
                       f"restart the job", file=sys.stderr, flush=True)
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                # The backstop timer would fire inside a slow dump (it is due at twice the timeout):
+                # give the dump its own minute, and a dump that hangs still ends the process.
+                faulthandler.dump_traceback_later(max(self.timeout_s, 60.0), exit=True)
+                try:
+                    if (path := flight_recorder.dump(self.rank)) is not None:
+                        print(f"aurora watchdog: rank {self.rank}'s last collectives (flight recorder) in {path}",
+                              file=sys.stderr, flush=True)
+                except Exception as e:  # the exit must happen whatever the dump does
+                    print(f"aurora watchdog: no flight recorder dump ({e})", file=sys.stderr, flush=True)
                 sys.stderr.flush()
                 os._exit(HANG_EXIT_CODE)

@@ -60,6 +60,17 @@ def test_every_engine_with_accumulation_matches_single_process_lm(lm_runs, engin
     assert_same_steps(single, lm_runs[engine, 4 if engine == "single" else 2])
 
 
+def test_every_engine_opens_the_same_ranges(lm_runs):
+    """The NVTX ranges of a step (recorded by ``tests.helpers.ranges``), on every engine with 2
+    micro-batches: the step's data, the one collective of its valid units, forward and backward
+    of each micro-batch, the part's collective, then its update; none nested, all closed."""
+    expected = [(0, f"aurora/{name}") for name in ("data", "comm/units_all_reduce", "model/forward", "model/backward",
+                                                  "model/forward", "model/backward", "model/all_reduce",
+                                                  "model/optimizer")]
+    for engine in ("ddp", "fsdp", "zero1", "zero2", "zero3"):
+        assert lm_runs[engine, 2]["ranges"] == [expected] * STEPS, engine
+
+
 def test_clip_grad_value_and_fsdp_options_keep_the_single_process_numbers(tmp_path, token_shards, lm_runs, pool1,
                                                                          pool2):
     """``trainer.clip_grad_value`` clips each element of the step's whole gradient: on DDP's
@@ -88,6 +99,8 @@ def gan_single(tmp_path_factory, audio_shards, pool1) -> dict:
     single = _run(pool1, tmp_path_factory.mktemp("gan"), "codec", audio_shards, "single", "engine.name=ddp", *GAN_SGD)
     assert any(name.startswith("discriminator.") for name in single["params"])
     assert all(m["discriminator/grad_norm"] > 0 for m in single["metrics"])
+    updates = [name for _, name in single["ranges"][0] if name.endswith("/optimizer")]
+    assert updates == ["aurora/discriminator/optimizer", "aurora/model/optimizer"]
     return single
 
 
@@ -101,6 +114,8 @@ def test_gan_step_under_ddp_and_fsdp_matches_single_process(tmp_path, audio_shar
         run = _run(pool2, tmp_path, "codec", audio_shards, engine, f"engine.name={engine}", *GAN_SGD,
                    f"trainer.grad_accum_steps={accum}")
         assert_same_steps(gan_single, run)
+        if accum == 1:  # the same ranges as one process's step: each part's forward to update, in order
+            assert run["ranges"] == gan_single["ranges"]
 
 
 @pytest.mark.parametrize("engine, accum", [("zero2", 2), ("zero3", 1)])

@@ -8,7 +8,8 @@ lengths (padding beyond them holds random codes, which must not count). ``fixed_
 rank of a pool (or one process) and returns, on rank 0, the per-step losses and metrics, the
 gradients of the first step and the final parameters (all as full tensors; an extra part's,
 such as a GAN's discriminator, named ``<part>.<parameter>``), with every collective the rank
-issued during the steps (``aurora.perf.comm_log``), tagged by step; None on other ranks.
+issued during the steps (``aurora.perf.comm_log``), tagged by step, and the ranges each step
+opened (``tests.helpers.ranges``); None on other ranks.
 """
 
 import dataclasses
@@ -25,9 +26,11 @@ from aurora.config import load_config, peek_task
 from aurora.data import build_loader
 from aurora.distributed import barrier, init_distributed, shutdown
 from aurora.perf.comm_log import CollectiveLog
+from aurora.perf.spans import set_ranges
 from aurora.tasks import get_task
 from aurora.tasks.base import MAIN_PART
 from aurora.train.loop import Trainer
+from tests.helpers.ranges import RangeRecorder
 
 GLOBAL_BATCH = 8
 STEPS = 3
@@ -190,12 +193,19 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
 
     for part in trainer.parts:
         part.engine.apply_step = recorder(part)
-    losses, metrics = [], []
+    losses, metrics, ranges = [], [], []
     with CollectiveLog() as comm:
         for step in range(steps):
             comm.mark_step(step + 1)
-            metrics.append(trainer.train_step(iter(next_micro_batches(step))))
+            recorder = RangeRecorder()
+            set_ranges(recorder)
+            try:
+                metrics.append(trainer.train_step(iter(next_micro_batches(step))))
+            finally:
+                set_ranges(None)
+            assert recorder.balanced, f"rank {env.rank}: step {step + 1} left ranges open"
             losses.append(metrics[-1]["loss"])
+            ranges.append(recorder.opened)
     params = {name: p for part in trainer.parts for name, p in full_params(part, prefix(part)).items()}
     # Replicas must hold the same weights (DDP never re-syncs them after construction).
     checksum = torch.stack([p.double().sum() for p in params.values()])
@@ -208,7 +218,7 @@ def fixed_batch_steps(config: str, overrides: list[str], resume: Path | None = N
     if not env.is_main:
         return None
     return {"losses": losses, "metrics": metrics, "grads": first_grads, "params": params,
-            "comm": [r.to_dict() for r in comm.records]}
+            "comm": [r.to_dict() for r in comm.records], "ranges": ranges}
 
 
 def assert_same_steps(ref: dict, other: dict, rtol: float = 2e-4, atol: float = 2e-5, reduced: bool = True) -> None:

@@ -15,6 +15,8 @@ import torch.distributed as dist
 
 from aurora.distributed import all_reduce_sum
 from aurora.engines import Engine
+from aurora.perf.spans import span
+from aurora.perf.step_clock import COMM
 from aurora.models.codec.quantizer import code_counts
 
 
@@ -40,6 +42,10 @@ class DeadCodeReset:
         """On every ``every``-th step, replace the unused codes; return how many were replaced."""
         if self.every <= 0 or step % self.every:
             return 0
+        with span("comm/dead_code_reset", COMM):
+            return self._reset(step, codebooks, engine)
+
+    def _reset(self, step: int, codebooks: list[torch.nn.Parameter], engine: Engine) -> int:
         dead = all_reduce_sum(self.counts) == 0  # [n_q, K], the same on every rank
         self.counts.zero_()
         replaced = int(dead.sum())
