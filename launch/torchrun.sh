@@ -17,6 +17,12 @@
 #   LOG_DIR        per-rank logs and @record error files, LOG_DIR/<rendezvous id>_<random>/attempt_N/<local rank>/
 #                  (one such directory per launch of this script; default: none)
 #   PYTHON         interpreter (default: python)
+#   NSYS           1: every worker runs under Nsight Systems (launch/nsys.sh, which reads NSYS_DIR,
+#                  NSYS_RANKS, NSYS_ARGS), capturing the run's profile.mode=nsys window
+#   TORCH_FR_BUFFER_SIZE  collectives each process keeps in torch's flight recorder (default 20000;
+#                  0 turns it off). Dumped when an NCCL collective times out
+#                  (TORCH_NCCL_DUMP_ON_TIMEOUT, default 1) and by aurora's hang watchdog, to
+#                  RUN/comm_traces/rank_<r> unless TORCH_FR_DUMP_TEMP_FILE names another prefix
 #
 # Exit code: 0 when the job finished; torchrun's 1 when the group failed after its restarts (the
 # workers' own codes, aurora/train/stops.py, are in torchrun's failure report); 75 when a SIGTERM
@@ -33,6 +39,10 @@ PYTHON=${PYTHON:-python}
 # and keeps the last attempt's process-group keys; a restarted rank could read a dead peer's
 # address from them (gloo "connectFullMesh failed ... Connection refused").
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+# torch's flight recorder (the last collectives of each rank, for finding what a hung job waits on):
+# aurora points its dumps under run.dir (aurora/distributed/flight_recorder.py).
+export TORCH_FR_BUFFER_SIZE=${TORCH_FR_BUFFER_SIZE:-20000}
+export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
 
 # A job never joins another's rendezvous: on one node a fixed port and id would make a second job
 # on this host a client of the first one's store, and part of its rendezvous.
@@ -58,13 +68,17 @@ fi
 if [[ -n "${RDZV_CONF:-}" ]]; then
   options+=(--rdzv-conf "$RDZV_CONF")
 fi
+worker=(-m aurora)
+if [[ "${NSYS:-0}" == 1 ]]; then
+  worker=(--no-python "$(cd "$(dirname "$0")" && pwd)/nsys.sh" "$PYTHON" -m aurora)
+fi
 
 # --signals-to-handle: torchrun passes these on to its workers rather than die of them (SIGUSR1
 # too: slurm's --signal reaches the agent itself, not only this script).
 "$PYTHON" -m torch.distributed.run \
   --nnodes "$NNODES" --nproc-per-node "$NPROC" --max-restarts "$MAX_RESTARTS" \
   --signals-to-handle SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
-  "${options[@]}" -m aurora "$@" &
+  "${options[@]}" "${worker[@]}" "$@" &
 child=$!
 
 preempted=0

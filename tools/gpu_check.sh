@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run of at most 9.5 minutes (the sum of the step limits), for a GPU machine
+# Every GPU check in one run of at most 590 s (the sum of the step limits), for a GPU machine
 # lent for a few minutes.
 #
 #   tools/gpu_check.sh             on the GPU machine: installs .whl/ (tools/gpu_wheels.sh) first
@@ -40,7 +40,7 @@ if ((DRY)); then
   # Inductor's CPU code generation is not what runs on the GPU (triton) and takes most of a minute
   # here; dynamo's graphs and recompiles, which step 5 reports, are the same under aot_eager.
   COMPILE=(engine.compile_backend=aot_eager)
-  T=(120 60 240 240 240 240 240 240 120)
+  T=(120 60 240 240 240 240 240 240 120 120)
 else
   PY=python3
   LM_STEPS=12; LM_MORE=16; CKPT=4; DET_STEPS=8; CODEC_STEPS=6; ZERO_STEPS=6; COMPILE_STEPS=10
@@ -51,7 +51,7 @@ else
   CODEC_STEP=()
   STALL=(--repeats 3)
   COMPILE=()
-  T=(40 30 60 60 60 60 100 50 50)  # seconds per step; 570 in all (2b shares 2's), under the device's 600
+  T=(40 20 60 60 60 60 100 50 50 30)  # seconds per step; 590 in all (2b shares 2's), under the device's 600
 fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}  # no more than the cores
 COMMON=(trainer.progress_bar=false trainer.log_every=1)
@@ -173,6 +173,28 @@ step5_compile() {
   echo "$(last_metrics "$WORK/lm_compile") recompiles=$(grep -c 'Recompiling' "$WORK/compile.log")"
 }
 
+# Profiling: with nsys on the PATH (and a GPU), an Nsight capture of steps 2-4 through launch/nsys.sh,
+# whose NVTX summary must hold aurora's ranges; else the torch profiler's window (a Kineto trace,
+# on the CPU in a dry run) and tools.profile_report's tables from it.
+step9_profile() {
+  local run=$WORK/lm_profile args=("${LM[@]}" run.dir="$WORK/lm_profile" data.shards="$WORK/tokens" "${COMMON[@]}"
+    engine.name=fsdp trainer.max_steps=5 trainer.checkpoint_every=1000 profile.start_step=2 profile.end_step=4)
+  if ((!DRY)) && command -v nsys >/dev/null; then
+    NSYS_DIR=$WORK/nsys launch/nsys.sh "$PY" -m aurora train "${args[@]}" profile.mode=nsys || return 1
+    nsys stats --report nvtx_sum --format csv --output "$WORK/nvtx" "$WORK"/nsys/*.nsys-rep || return 1
+    local found
+    found=$(grep -ohE 'aurora/(step|data|model/forward|model/backward|model/optimizer)' "$WORK"/nvtx*.csv | sort -u | tr '\n' ' ')
+    echo "nsys: aurora ranges in the capture: $found"
+    [[ $found == *aurora/step* && $found == *aurora/model/forward* ]]
+  else
+    ((DRY)) || echo "nsys is absent (not on the PATH): the torch profiler's window instead"
+    train "${args[@]}" profile.mode=torch || return 1
+    "$PY" -m tools.profile_report "$run" --top 5 || return 1
+    grep -q '"aurora/model/forward"' <(gzip -dc "$run"/profile/rank0_steps2-4.json.gz) || return 1
+    echo "torch profiler: $(last_metrics "$run"), trace with aurora's ranges"
+  fi
+}
+
 if ((!DRY)); then export PYTHONPATH=/tmp/site:$REPO; else export PYTHONPATH=$REPO; fi
 if [[ -n $ONLY ]]; then
   WORK=$GPU_CHECK_WORK
@@ -198,6 +220,7 @@ step "5 LM FSDP bf16 compile" "${T[5]}" '' step5_compile
 step "6 lm_throughput" "${T[6]}" '^(aurora |ratio)' "$PY" -m tools.bench.lm_throughput "${THROUGHPUT[@]}" --bf16
 step "7 codec_step" "${T[7]}" '^aurora ' "$PY" -m tools.bench.codec_step --no-reference --bf16 "${CODEC_STEP[@]}"
 step "8 checkpoint_stall" "${T[8]}" '^stall ratio' "$PY" -m tools.bench.checkpoint_stall "${STALL[@]}"
+step "9 profile" "${T[9]}" '' step9_profile
 rm -rf "$WORK"
 echo
 cat "$SUMMARY"

@@ -277,7 +277,7 @@ class LoggingConfig:
 
 @dataclass
 class ProfileConfig:
-    """A profiling window over steps ``start_step``..``end_step`` (docs/profiling.md). The
+    """A profiling window over steps ``start_step``..``end_step`` (README, "Profiling"). The
     step-time breakdown (``time/*`` in metrics.jsonl) is always on and needs none of this."""
     mode: ProfileMode = ProfileMode.off
     """off; nsys: ``cudaProfilerStart``/``Stop`` around the window, for ``nsys profile

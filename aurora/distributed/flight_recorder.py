@@ -5,8 +5,11 @@ The launch scripts turn it on (``TORCH_FR_BUFFER_SIZE``, entries kept) and have 
 when a collective times out (``TORCH_NCCL_DUMP_ON_TIMEOUT=1``). Dumps go to
 ``TORCH_FR_DUMP_TEMP_FILE`` + rank; aurora points that under the run,
 ``RUN/comm_traces/rank_<r>``, unless the environment already names a place. aurora's hang
-watchdog dumps it too (``dump``), on gloo as on NCCL, before it ends the process. Read a dump with
-``python -m torch.distributed.flight_recorder.fr_trace RUN/comm_traces`` (torch's analyser).
+watchdog dumps it too (``dump``), on gloo as on NCCL, before it ends the process. A dump is a
+pickle of torch's format (``entries``: each collective's name, sizes, state and Python stack).
+NCCL's own dumps are read with torch's analyser, ``python -m
+torch.distributed.flight_recorder.fr_trace RUN/comm_traces -p rank_``; in torch 2.11 it fails on
+a gloo process's dump (KeyError on the process group's name), which ``pickle.load`` reads.
 """
 
 import os

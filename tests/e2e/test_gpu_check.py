@@ -10,7 +10,7 @@ from tests.helpers.runs import REPO
 STEPS = ["0 environment", "1 data", "2 LM FSDP bf16 async ckpt + resume", "2b deterministic resume",
          "3 codec GAN bf16 DDP + FSDP",
          "4 DeepSpeed ZeRO-2/3 bf16 dtypes", "5 LM FSDP bf16 compile", "6 lm_throughput", "7 codec_step",
-         "8 checkpoint_stall"]
+         "8 checkpoint_stall", "9 profile"]
 
 
 def test_every_step_of_the_gpu_check_runs_at_toy_sizes(tmp_path):
@@ -29,6 +29,7 @@ def test_every_step_of_the_gpu_check_runs_at_toy_sizes(tmp_path):
     assert "step=6 " in results[STEPS[2]]  # resumed from step 4 and trained on to the second run's end
     log = (out / "gpu_check.log").read_text()
     assert "resumed from" in log and "ratio aurora/transformers" in log
+    assert "torch profiler: step=5 " in results[STEPS[10]] and "| forward |" in log  # profile_report's table
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "summary.md"]  # what comes back
     assert not list(tmp_path.glob("gpu_check.*"))  # its work folder is removed
 

@@ -10,6 +10,7 @@ from tests.helpers.runs import REPO
 
 _FAKE_PYTHON = """#!/usr/bin/env bash
 printf '%s\\n' "$@"
+echo "env TORCH_FR_BUFFER_SIZE=$TORCH_FR_BUFFER_SIZE TORCH_NCCL_DUMP_ON_TIMEOUT=$TORCH_NCCL_DUMP_ON_TIMEOUT"
 """
 
 
@@ -42,6 +43,55 @@ def test_several_nodes_meet_at_master_addr_under_the_slurm_job_id(tmp_path):
     assert "--standalone" not in args
     assert args[args.index("--rdzv-endpoint") + 1] == "node01:29500"
     assert args[args.index("--rdzv-id") + 1] == "4242"
+
+
+def test_the_flight_recorder_is_on_and_nsys_wraps_each_worker(tmp_path):
+    """By default every worker keeps its last 20000 collectives and NCCL dumps them on a timeout;
+    NSYS=1 runs each worker as ``launch/nsys.sh PYTHON -m aurora ...`` (torchrun --no-python)."""
+    plain = _launch(tmp_path).stdout.splitlines()
+    assert plain[-1] == "env TORCH_FR_BUFFER_SIZE=20000 TORCH_NCCL_DUMP_ON_TIMEOUT=1"
+    assert plain[plain.index("-m", plain.index("--signals-to-handle")):-1] == ["-m", "aurora", "train",
+                                                                              "configs/lm/tiny.yaml"]
+    profiled = _launch(tmp_path, NSYS="1", TORCH_FR_BUFFER_SIZE="0").stdout.splitlines()
+    start = profiled.index("--no-python")
+    assert profiled[start:-1] == ["--no-python", str(REPO / "launch" / "nsys.sh"), str(tmp_path / "python"), "-m",
+                                  "aurora", "train", "configs/lm/tiny.yaml"]
+    assert profiled[-1].startswith("env TORCH_FR_BUFFER_SIZE=0 ")
+
+
+_FAKE_NSYS = """#!/usr/bin/env bash
+printf '%s\\n' "$@"
+"""
+
+
+def _nsys(tmp_path, **env) -> subprocess.CompletedProcess:
+    """launch/nsys.sh around ``echo trained run.dir=RUN`` as torchrun's worker 3 (node 1) of
+    slurm job 77's third attempt, with a stand-in nsys that prints its arguments."""
+    (tmp_path / "nsys").write_text(_FAKE_NSYS)
+    (tmp_path / "nsys").chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "NSYS", "TORCHELASTIC"))}
+    return subprocess.run(["bash", "launch/nsys.sh", "echo", "trained", f"run.dir={tmp_path / 'run'}"], cwd=REPO,
+                          env={**base, "PATH": f"{tmp_path}:{os.environ['PATH']}", "RANK": "3", "GROUP_RANK": "1",
+                               "SLURM_JOB_ID": "77", "TORCHELASTIC_RESTART_COUNT": "2", **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_nsys_captures_the_window_into_one_report_per_rank(tmp_path):
+    result = _nsys(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "profile", "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "-t", "cuda,nvtx,osrt,cudnn,cublas",
+        "-s", "none", "-f", "true", "-o", f"{tmp_path}/run/nsys/77_node1_rank3_attempt2", "echo", "trained",
+        f"run.dir={tmp_path}/run"]
+    assert (tmp_path / "run" / "nsys").is_dir()
+
+
+def test_nsys_leaves_other_ranks_bare_and_refuses_a_missing_nsys(tmp_path):
+    assert _nsys(tmp_path, NSYS_RANKS="0,8").stdout == f"trained run.dir={tmp_path}/run\n"
+    missing = _nsys(tmp_path, NSYS_BIN=str(tmp_path / "absent"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    [line] = missing.stderr.splitlines()
+    assert line.startswith(f"launch/nsys.sh: {tmp_path}/absent not found: install Nsight Systems")
 
 
 @pytest.mark.parametrize("env, expected", [
