@@ -10,6 +10,7 @@ corrupt shards).
 """
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -136,6 +137,15 @@ def test_hung_rank_is_reported_by_the_watchdog_and_the_job_recovers(tmp_path, to
     hung_rank_log = "\n".join(p.read_text() for p in logs.glob("*/attempt_0/1/stderr.log"))
     assert "aurora watchdog: rank 1 completed no step for" in hung_rank_log, _show(result)
     assert "in after_step" in hung_rank_log, hung_rank_log  # the hung thread's stack, from faulthandler
+    # Before exiting, each watchdog dumped its rank's last collectives (torch's flight recorder, which
+    # launch/torchrun.sh turns on) under the run; they show who waits on whom.
+    dumps = {rank: pickle.loads((tmp_path / "run" / "comm_traces" / f"rank_{rank}").read_bytes())["entries"]
+             for rank in (0, 1)}
+    assert all(entries and entries[-1]["profiling_name"].startswith("gloo:") for entries in dumps.values()), dumps
+    assert "rank 1's last collectives (flight recorder)" in hung_rank_log
+    waiting, hung = dumps[0][-1], dumps[1][-1]  # rank 0 waits in the next step's first collective
+    assert waiting["process_group"] == hung["process_group"]
+    assert (waiting["collective_seq_id"], waiting["profiling_name"]) == (hung["collective_seq_id"] + 1, "gloo:all_reduce")
     assert "at step 2" in result.stdout  # resumed from the checkpoint before the hang
     assert_same_weights(weights(lm_straight), weights(tmp_path / "run"))
 
