@@ -13,6 +13,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,32 +66,42 @@ def timed(step, batches: list[dict]) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(doc: str) -> argparse.Namespace:
+    """The loop benchmarks' arguments: steps per block, blocks, engine."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="steps per block")
     parser.add_argument("--blocks", type=int, default=5, help="alternating blocks per loop")
     parser.add_argument("--engine", default="ddp", choices=["ddp", "fsdp"])
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+@contextmanager
+def tiny_lm_trainer(engine: str, max_steps: int):
+    """The tiny LM's config on 64 frames and a Trainer of it in one process, in a temporary run
+    directory: ``(cfg, trainer)``."""
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_token_shards(Path(tmp) / "tokens", num_clips=8, frames=64)
         cfg = load_config(LMTrainConfig, "configs/lm/tiny.yaml", [
-            f"run.dir={tmp}/run", f"data.shards={shards}", f"engine.name={args.engine}",
-            f"trainer.max_steps={args.steps * args.blocks + 10}", "trainer.progress_bar=false",
-            "data.context_frames=64"])
+            f"run.dir={tmp}/run", f"data.shards={shards}", f"engine.name={engine}",
+            f"trainer.max_steps={max_steps}", "trainer.progress_bar=false", "data.context_frames=64"])
         env = init_distributed(cfg.dist)
         try:
-            trainer = Trainer(cfg, LMTask, env)
-            bare = BareLoop(cfg)
-            batches = make_batches(cfg, args.steps)
-            for loop in (bare.step, lambda b: trainer.train_step(iter([b]))):
-                timed(loop, batches[:5])  # warm-up
-            bare_times, aurora_times = [], []
-            for _ in range(args.blocks):
-                bare_times += timed(bare.step, batches)
-                aurora_times += timed(lambda b: trainer.train_step(iter([b])), batches)
+            yield cfg, Trainer(cfg, LMTask, env)
         finally:
             shutdown()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    with tiny_lm_trainer(args.engine, args.steps * args.blocks + 10) as (cfg, trainer):
+        bare = BareLoop(cfg)
+        batches = make_batches(cfg, args.steps)
+        for loop in (bare.step, lambda b: trainer.train_step(iter([b]))):
+            timed(loop, batches[:5])  # warm-up
+        bare_times, aurora_times = [], []
+        for _ in range(args.blocks):
+            bare_times += timed(bare.step, batches)
+            aurora_times += timed(lambda b: trainer.train_step(iter([b])), batches)
     bare_ms = statistics.median(bare_times) * 1e3
     aurora_ms = statistics.median(aurora_times) * 1e3
     print(f"threads={torch.get_num_threads()} engine={args.engine} steps={len(bare_times)} per loop")
