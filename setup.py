@@ -5,6 +5,8 @@ setup(
     version="0.1.0",
     description="Distributed training framework for large audio models",
     packages=find_packages(include=["aurora", "aurora.*", "data_prep", "tools", "tools.*"]),
+    # The remote code an hf export copies into its folder (templates, not a package of aurora's).
+    package_data={"aurora.release": ["hf_code/*.py"]},
     python_requires=">=3.10",
     install_requires=[
         # The accelerator image's versions: CPU CI and GPU runs execute the same library code.
@@ -15,6 +17,8 @@ setup(
         "omegaconf>=2.3",
         "soundfile>=0.12",
         "safetensors",
+        # Sharded safetensors folders and their index, as transformers writes and reads them.
+        "huggingface_hub",
         "tqdm",
         "wandb",
         "matplotlib",

@@ -1,4 +1,5 @@
-"""``aurora train CONFIG [key=value ...]`` and ``aurora generate RUN ...`` (``aurora.generation``); also
+"""``aurora train CONFIG [key=value ...]``, ``aurora generate RUN ...`` (``aurora.generation``) and
+``aurora export RUN ...`` (``aurora.release.export``); also
 ``python -m aurora``, under torchrun or not."""
 
 import argparse
@@ -9,6 +10,7 @@ from aurora.data import DataError
 from aurora.distributed.error_file import record_atomically
 from aurora.exported import ModelLoadError
 from aurora.generation import add_generate_parser
+from aurora.release.export import add_export_parser
 from aurora.train.run_lock import RunDirBusy, RunLock
 
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=20")
     train.set_defaults(func=_train)
     add_generate_parser(commands)
+    add_export_parser(commands)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -1,7 +1,8 @@
 """Models that come from elsewhere: exported folders, and the trust rule for training runs.
 
 An exported folder is the one portable form of a model: ``model.safetensors`` (its weights,
-read by safetensors, which runs no code) and ``config.json`` (which kind of model, its config
+read by safetensors, which runs no code; above a shard size, ``model-0000i-of-0000n.safetensors``
+shards and their ``model.safetensors.index.json``, as transformers writes them) and ``config.json`` (which kind of model, its config
 as plain JSON); a model may carry others in sub-folders (an LM its codec, ``codec/``). It is
 written here (``export_model``) and read here (``load_model``, ``load_weights``), by every entry
 point that takes a model as an input: ``data_prep.tokenize --codec``, ``tools.codec_eval``,
@@ -17,22 +18,29 @@ The one run trusted without asking is a job's own ``run.dir``, which it writes a
 (whoever can write there can change what the job runs anyway).
 """
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from huggingface_hub import load_torch_model, save_torch_state_dict
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aurora.runs import load_model_weights, resolve_checkpoint, step_dirname
 
 WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+"""The index of a sharded folder's weights: which shard holds each tensor."""
+MAX_SHARD_SIZE = "5GB"
+"""Largest weights file an export writes before it shards (transformers' default)."""
 CONFIG = "config.json"
 FORMAT = "aurora-export/1"
 """``config.json``'s ``format``: the layout of an exported folder."""
@@ -75,25 +83,67 @@ class LoadedModel:
 
 
 def is_exported(path: Path) -> bool:
-    return (Path(path) / WEIGHTS).is_file()
+    return (Path(path) / WEIGHTS).is_file() or (Path(path) / WEIGHTS_INDEX).is_file()
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | Path, replace: bool = True) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir`` to write into, renamed to ``out_dir`` once the
+    block completes (removed if it raises), so a reader never sees half an export. An
+    existing ``out_dir`` is replaced only if ``replace`` or empty (else ``FileExistsError``,
+    before anything is written)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not replace and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise FileExistsError(f"{out_dir} exists and is not empty: give a new or empty folder, or pass --force to "
+                              f"replace it")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.is_file():
+        out_dir.unlink()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def write_weights(state: dict[str, torch.Tensor], folder: Path, max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
+    """``state`` as safetensors in ``folder``: ``model.safetensors``, or shards and their index
+    above ``max_shard_size`` (huggingface_hub's writer, the one transformers uses; it writes
+    each tensor from its own memory, so no second copy of the weights is made)."""
+    save_torch_state_dict({k: v.detach().cpu().contiguous() for k, v in state.items()}, folder,
+                          max_shard_size=max_shard_size, metadata={"format": "pt"})
+
+
+def write_json(path: Path, document: Any) -> None:
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+def config_document(kind: ModelKind, config: Any) -> dict:
+    """``config.json`` of an exported ``kind`` model of ``config``."""
+    config = kind_config(kind, config)
+    return {"format": FORMAT, "kind": kind.name,
+            "config": OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)}
+
+
+def write_exported(folder: Path, kind: ModelKind, config: Any, state: dict[str, torch.Tensor],
+                   max_shard_size: int | str = MAX_SHARD_SIZE) -> None:
+    """An exported folder's own files (weights and ``config.json``) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / CONFIG, config_document(kind, config))
+    write_weights(state, folder, max_shard_size)
 
 
 def export_model(model: nn.Module, kind: ModelKind, out_dir: str | Path,
                  beside: dict[str, tuple[nn.Module, ModelKind]] | None = None) -> None:
     """Write ``model`` as an exported folder, with each of ``beside`` in a sub-folder of its
     name, into a temporary name then renamed, so a reader never sees half of one."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for where, (part, part_kind) in [(tmp, (model, kind)), *((tmp / n, m) for n, m in (beside or {}).items())]:
-        where.mkdir(parents=True)
-        config = kind_config(part_kind, part_kind.config_of(part))
-        document = {"format": FORMAT, "kind": part_kind.name,
-                    "config": OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)}
-        (where / CONFIG).write_text(json.dumps(document, indent=1) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in part.state_dict().items()}, where / WEIGHTS)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    with atomic_folder(out_dir) as tmp:
+        for where, (part, part_kind) in [(tmp, (model, kind)), *((tmp / n, m) for n, m in (beside or {}).items())]:
+            write_exported(where, part_kind, part_kind.config_of(part), part.state_dict())
 
 
 def kind_config(kind: ModelKind, config: Any) -> Any:
@@ -106,7 +156,7 @@ def _exported_config(path: Path, kind: ModelKind, what: str) -> Any:
     try:
         document = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
-        raise ModelLoadError(f"{what} {path} holds {WEIGHTS} but no {CONFIG}: export the model again") from None
+        raise ModelLoadError(f"{what} {path} holds weights but no {CONFIG}: export the model again") from None
     except ValueError as e:
         raise ModelLoadError(f"{what} {path}/{CONFIG} is not JSON ({e}): export the model again") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("config"), dict):
@@ -190,9 +240,9 @@ def load_weights(model: nn.Module, path: str | Path, *, trust: bool, what: str, 
         if part is not None:
             raise ModelLoadError(f"{what} {path} is an exported model, which holds no part '{part}'")
         try:
-            model.load_state_dict(load_file(path / WEIGHTS))
-        except (SafetensorError, RuntimeError) as e:
-            raise ModelLoadError(f"{what} {path}/{WEIGHTS} does not fit this model: "
+            load_torch_model(model, path, strict=True)  # safetensors only: no pickle
+        except (SafetensorError, RuntimeError, ValueError, KeyError) as e:
+            raise ModelLoadError(f"{what} {path}'s weights do not fit this model: "
                                  f"{' '.join(str(e).split())[:400]}") from None
         return path
     require_trust(path, trust, what, how_to_trust)

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from aurora.config.schema import OptimConfig, TrainConfig
 from aurora.distributed import DistEnv
 from aurora.engines import Engine
+from aurora.exported import ModelKind
 from aurora.runs import load_model_weights
 
 
@@ -121,6 +122,9 @@ class Task(ABC):
     """The recipe's config schema (TrainConfig plus its model/loss sections)."""
     data_kind: ClassVar[str]
     """Which shard kind the recipe reads: "audio" or "tokens"."""
+    model_kind: ClassVar[Optional[ModelKind]] = None
+    """What its main model is as an exported folder (``aurora.exported``): how ``aurora export``
+    and ``model.init_from`` build it from a run's config; None: its runs cannot be exported."""
     convolutional: ClassVar[bool] = False
     """Whether the model's FLOPs are mostly convolutions (cuDNN's TF32 switch then decides an
     fp32 run's peak) rather than matmuls (torch's matmul precision decides it)."""

@@ -15,7 +15,7 @@ from torch import nn
 from aurora.config import ConfigError
 from aurora.config.schema import TrainConfig
 from aurora.data.manifest import resolve_shards
-from aurora.generation import SamplingSettings
+from aurora.generation import LM, SamplingSettings
 from aurora.data.config import DataError
 from aurora.models.audio_lm import (AudioLM, AudioLMConfig, LongText, delayed_cross_entropy, encode_text, mask_padding,
                                     text_overflow)
@@ -50,6 +50,7 @@ class LMTrainConfig(TrainConfig):
 class LMTask(Task):
     config_class = LMTrainConfig
     data_kind = "tokens"
+    model_kind = LM
 
     def __init__(self, cfg: LMTrainConfig, env):
         super().__init__(cfg, env)

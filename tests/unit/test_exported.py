@@ -113,7 +113,7 @@ def test_an_export_of_another_kind_or_shape_is_refused_clearly(tmp_path, codec_d
     with pytest.raises(ModelLoadError, match="holds a 'codec' model, not a 'audio_lm'"):
         read_config(codec_dir, LM, trust=False, what="--lm")
     export_lm(AudioLM(AudioLMConfig(codebook_size=64)), load_codec(codec_dir).codec, tmp_path / "lm")
-    with pytest.raises(ModelLoadError, match="teacher .*model.safetensors does not fit this model"):
+    with pytest.raises(ModelLoadError, match="teacher .*lm.s weights do not fit this model"):
         load_weights(AudioLM(AudioLMConfig(codebook_size=32)), tmp_path / "lm", trust=False, what="teacher")
     (tmp_path / "lm" / CONFIG).write_text("{not json")
     with pytest.raises(ModelLoadError, match="config.json is not JSON"):

@@ -38,7 +38,7 @@ from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, PartModels, PartSpec, Task
 from aurora.tasks.codec.artifacts import write_reconstructions
 from aurora.tasks.codec.config import DISCRIMINATOR, CodecTrainConfig
 from aurora.tasks.codec.dead_codes import DeadCodeReset
-from aurora.tasks.codec.load import load_codec
+from aurora.tasks.codec.load import CODEC, load_codec
 
 _FLOPS_PER_SECOND: dict[str, int] = {}
 """Counted FLOPs per second of audio, by architecture: a count takes seconds (every op of a
@@ -76,6 +76,7 @@ def _halves(outputs: list[list[torch.Tensor]]) -> tuple[list[list[torch.Tensor]]
 class CodecTask(Task):
     config_class = CodecTrainConfig
     data_kind = "audio"
+    model_kind = CODEC
     convolutional = True
 
     def __init__(self, cfg: CodecTrainConfig, env):
