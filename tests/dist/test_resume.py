@@ -12,7 +12,7 @@ import torch
 
 from aurora.train.run_lock import RunLock
 from tests.helpers.runs import (CODEC_SMALL_GAN, LM_SMALL_MODEL, STRAIGHT_STEPS, assert_same_weights, cli,
-                                lm_train_args, read_metrics, weights)
+                                exported_weights, lm_train_args, read_metrics, weights)
 from tests.helpers.steps import fixed_batch_steps
 
 
@@ -94,15 +94,22 @@ def test_every_async_checkpoint_holds_the_state_of_its_own_step(tmp_path, token_
 
 @pytest.mark.parametrize("engine", [["engine.name=ddp"], ["engine.name=deepspeed", "engine.deepspeed.zero_stage=3"]],
                          ids=["ddp", "zero3"])
-def test_resume_is_bit_identical(tmp_path, token_shards, pool2, engine):
+def test_resume_is_bit_identical(tmp_path, token_shards, lm_straight, pool2, engine):
     """DeepSpeed's checkpoint goes through its own save/load; ``weights`` merges its ZeRO-3
-    partitions into the plain model."""
+    partitions into the plain model. ``aurora export`` of the straight run, in one process,
+    holds the weights of the same training under FSDP (``lm_straight``) within the engines'
+    tolerance (``tests.helpers.steps.assert_same_steps``: they split and reduce the same sums)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _train(pool2, straight, token_shards, STRAIGHT_STEPS, *engine)
     _train(pool2, resumed, token_shards, 4, *engine)
     assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert "resumed from" in _train(pool2, resumed, token_shards, STRAIGHT_STEPS, *engine)
     _assert_resumed_like_straight(straight, resumed)
+    exported, fsdp = exported_weights(straight, tmp_path / "export"), exported_weights(lm_straight, tmp_path / "fsdp")
+    assert_same_weights(exported, weights(straight))
+    assert exported.keys() == fsdp.keys()
+    for name in fsdp:
+        torch.testing.assert_close(exported[name], fsdp[name], rtol=2e-4, atol=2e-5, msg=name)
 
 
 def _steps_from(pool, checkpoint, run_dir, shards, *overrides) -> dict:

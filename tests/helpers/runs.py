@@ -136,3 +136,12 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [name for name in a if not torch.equal(a[name], b[name])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def exported_weights(run_dir: Path, out: Path) -> dict[str, torch.Tensor]:
+    """``aurora export RUN --format safetensors`` of a run's latest checkpoint, in this process
+    (one CPU process, whatever wrote it), read back by safetensors alone."""
+    from safetensors.torch import load_file
+
+    assert cli("export", str(run_dir), "--format", "safetensors", "--out", str(out), "--trust-checkpoint") == 0
+    return load_file(Path(out) / "model.safetensors")
