@@ -26,7 +26,7 @@ from aurora.models.audio_lm import AudioLM, AudioLMConfig, delayed_targets, mask
 from aurora.perf.flops import audio_lm_train_flops
 from aurora.runs import load_model_weights, weights_id
 from aurora.tasks.base import MAIN_PART, MODEL_FLOPS, FrozenPartSpec, PartModels
-from aurora.tasks.lm import LMTask, LMTrainConfig
+from aurora.tasks.lm import LMModelConfig, LMTask, LMTrainConfig
 
 
 def completion_logps(model: nn.Module, text_tokens: torch.Tensor, codes: torch.Tensor,
@@ -96,7 +96,7 @@ class DPOConfig:
 
 
 @dataclass
-class DPOModelConfig(AudioLMConfig):
+class DPOModelConfig(LMModelConfig):
     init_from: str = MISSING
     """The LM the policy (and the live reference) starts from: an exported LM
     (``aurora.generation.export_lm``) or, with ``run.trust_checkpoint=true``, a training run (its
@@ -145,6 +145,9 @@ class DPOTask(LMTask):
             for name in ("shards", "eval_shards"):
                 if getattr(cfg.data, name) is not None:
                     self._check_precomputed(getattr(cfg.data, name), name)
+
+    def _pretrained(self) -> None:
+        return None  # model.init_from is the policy's start and reference, read in build_model
 
     def _trust(self) -> dict:
         return {"trust": self.cfg.run.trust_checkpoint, "what": "model.init_from", "how_to_trust": TRUST_FIELD}

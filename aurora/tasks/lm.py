@@ -8,6 +8,7 @@ every rank samples its share of a few clips and decodes them with the codec that
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from aurora.data.config import DataError
 from aurora.models.audio_lm import (AudioLM, AudioLMConfig, LongText, delayed_cross_entropy, encode_text, mask_padding,
                                     text_overflow)
 from aurora.perf.flops import audio_lm_train_flops
+from aurora.release.pretrained import HF, InitFrom, check_backbone_shape, init_model_from, parse_init_from
 from aurora.tasks.base import MODEL_FLOPS, Task
 
 SAMPLES_DIR = "samples"
@@ -41,9 +43,19 @@ class GenerationConfig(SamplingSettings):
 
 
 @dataclass
+class LMModelConfig(AudioLMConfig):
+    init_from: Optional[str] = None
+    """Pretrained weights the model starts from (``aurora.release.pretrained``): ``hf:DIR``, a
+    local transformers Qwen2 folder, into the backbone (its config.json must match
+    ``backbone``; the codebook embeddings and heads start fresh), or ``run:RUN[@STEP]``, another
+    run's checkpoint (needs ``run.trust_checkpoint=true``). null: the seed's initialisation.
+    A resumed run reads its own checkpoint instead."""
+
+
+@dataclass
 class LMTrainConfig(TrainConfig):
     task: str = "lm"
-    model: AudioLMConfig = field(default_factory=AudioLMConfig)
+    model: LMModelConfig = field(default_factory=LMModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -63,6 +75,9 @@ class LMTask(Task):
                         f"{cfg.data.shards} have {key}={self.manifest.get(key)}: set model.{key} to match"
                     )
 
+        self.pretrained = self._pretrained()
+        if self.pretrained is not None and self.pretrained.kind == HF:
+            check_backbone_shape(cfg.model.backbone, self.pretrained.path)
         self.steps_done = 0
         """Optimizer steps taken: with the seed and a clip's key, it decides the clip's caption dropout."""
         self.truncated_texts = 0
@@ -84,8 +99,15 @@ class LMTask(Task):
                                   f"text_bytes_max), but model.max_text_len={model.max_text_len} reads at most "
                                   f"{model.max_text_len - 2}: {_LONG_TEXT_FIXES}")
 
+    def _pretrained(self) -> Optional[InitFrom]:
+        """What ``model.init_from`` names (a recipe that reads it its own way returns None)."""
+        return None if self.cfg.model.init_from is None else parse_init_from(self.cfg.model.init_from)
+
     def build_model(self) -> nn.Module:
-        return AudioLM(self.cfg.model)
+        model = AudioLM(self.cfg.model)
+        if self.pretrained is not None:
+            init_model_from(model, self.pretrained, trust=self.cfg.run.trust_checkpoint, backbone=model.backbone)
+        return model
 
     def shard_units(self, model: AudioLM) -> list[nn.Module]:
         return model.shard_units()
